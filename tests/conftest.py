@@ -1,0 +1,38 @@
+"""Shared test fixtures.
+
+Tests that need the real data in ../shared/data use the `shared_data` fixture: it skips when the data is
+absent on a developer's machine, but fails loudly when REQUIRE_SHARED_DATA=1 (CI sets it).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def require_shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        msg = f"shared data missing: {path}"
+        if os.environ.get("REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(msg + " (REQUIRE_SHARED_DATA=1)")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    return require_shared
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    return FIXTURES
