@@ -1,0 +1,264 @@
+"""Named-entity tagging over BERT: fine-tuning, or a tagger on frozen features (Devlin et al. 2019, 5.3).
+
+`mode="finetune"` trains BERT and a linear layer over each word's first sub-token. `mode="features"` freezes
+BERT and feeds `combine_layers(hidden_states, layers)` ("embeddings", "last", "second_to_last",
+"sum_last_four", "concat_last_four", ...) to the tagger (`tagger="bilstm"`, as the paper, or "linear").
+`casing=True` gives the encoder the capitalisation an uncased vocabulary throws away: the segment embedding
+table is widened to one row per casing class (all rows start as the pretrained segment-0 row, so training
+starts from the pretrained model exactly) and each sub-token gets its word's class as its segment id.
+
+Evaluation maps window predictions back to one tag per original word and scores entities with `EntityF1`
+(equal to seqeval). The checkpoint carries the label names, the tokenizer and the encoder's config, so
+`predict` needs nothing but the .ckpt.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from data.conll import CASING, IGNORE, words_to_tags
+from data.tokenization import tokenizer_to_str
+from modeling import BERT, BertConfig, combine_layers
+from modeling.bert import combined_width
+from modeling.hf import load_bert
+from tasks.optim import param_groups, warmup_schedule
+from tasks.seqeval_metric import EntityF1
+
+
+class TaggerHead(nn.Module):
+    """Features (B, T, F) -> label logits (B, T, C): dropout, an optional BiLSTM, a linear layer."""
+
+    def __init__(self, in_features: int, num_labels: int, kind: str = "linear", lstm_hidden: int = 256,
+                 dropout: float = 0.1):
+        super().__init__()
+        if kind not in ("linear", "bilstm"):
+            raise ValueError(f"tagger must be 'linear' or 'bilstm', got {kind!r}")
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(in_features, lstm_hidden, batch_first=True, bidirectional=True) \
+            if kind == "bilstm" else None
+        self.out = nn.Linear(2 * lstm_hidden if self.lstm is not None else in_features, num_labels)
+
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.dropout(features)
+        if self.lstm is not None:
+            if mask is not None and not bool(mask.all()):
+                lengths = mask.sum(1).cpu()
+                packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+                x, _ = self.lstm(packed)
+                x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=features.size(1))
+            else:
+                x, _ = self.lstm(x)
+            x = self.dropout(x)
+        return self.out(x)
+
+
+def load_encoder(pretrained: str) -> tuple[BERT, str | None]:
+    """BERT from a Hugging Face directory (or hub name), or the encoder inside one of our .ckpt files.
+    Returns (model, tokenizer string stored in the checkpoint or None)."""
+    path = Path(pretrained)
+    if path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        hp = ckpt.get("hyper_parameters", {})
+        config = hp.get("bert_config") or hp.get("config")
+        if not isinstance(config, dict):
+            raise ValueError(f"{path}: checkpoint has no BERT config in hyper_parameters (bert_config)")
+        bert = BERT(BertConfig(**{k: v for k, v in config.items() if k in {f.name for f in dataclasses.fields(BertConfig)}}),
+                    pooler=False)
+        state = ckpt["state_dict"]
+        for prefix in ("bert.", "encoder.", "model.bert.", "model."):
+            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if sub:
+                break
+        else:
+            raise ValueError(f"{path}: no encoder weights (keys starting with bert. or encoder.) in state_dict")
+        own = bert.state_dict()
+        missing = [k for k in own if k not in sub]
+        if [k for k in missing if not k.startswith("pooler")]:
+            raise ValueError(f"{path}: encoder weights missing: {', '.join(missing[:5])}")
+        bert.load_state_dict({k: v for k, v in sub.items() if k in own}, strict=False)
+        return bert, hp.get("tokenizer")
+    return load_bert(pretrained, pooler=False), None
+
+
+class NERTask(pl.LightningModule):
+    def __init__(self, pretrained: str | None = None, labels: list[str] | None = None,
+                 tokenizer: str | None = None, bert_config: dict | None = None,
+                 mode: str = "finetune", layers: str = "last", tagger: str = "linear", lstm_hidden: int = 256,
+                 dropout: float = 0.1, casing: bool = False, lr: float = 5e-5, head_lr: float | None = None,
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, schedule: str = "linear",
+                 strict_eval: bool = False):
+        """
+        Args:
+            pretrained: Hugging Face BERT directory (or hub name) or one of our .ckpt files; ignored when the
+                task itself is restored from a checkpoint (bert_config is set then).
+            labels: BIO label names; read from the training data when not given, then stored.
+            tokenizer: serialised tokenizer; taken from the data module when not given, then stored.
+            mode: "finetune" or "features" (frozen encoder, features from `layers`).
+            layers: combine_layers choice for the features.
+            tagger: "linear" or "bilstm" head.
+            casing: feed each word's capitalisation class as the segment id (see module doc).
+            lr, head_lr: peak learning rates of the encoder and of the head (head_lr defaults to lr).
+            warmup_ratio, schedule: linear warm-up over this fraction of steps, then "linear"/"cosine"/"constant".
+            strict_eval: score entities as seqeval's strict IOB2 mode instead of the default (conlleval) mode.
+        """
+        super().__init__()
+        if mode not in ("finetune", "features"):
+            raise ValueError(f"mode must be 'finetune' or 'features', got {mode!r}")
+        self.save_hyperparameters()
+        if bert_config is not None:               # restored from our checkpoint: weights come from the state dict
+            self.bert = BERT(BertConfig(**bert_config), pooler=False)
+        else:
+            if not pretrained:
+                raise ValueError("ner: model.pretrained is required (a BERT directory or .ckpt)")
+            self.bert, ckpt_tokenizer = load_encoder(pretrained)
+            if casing:
+                self._widen_segments()
+            self.hparams.bert_config = dataclasses.asdict(self.bert.config)
+            if tokenizer is None and ckpt_tokenizer:
+                self.hparams.tokenizer = ckpt_tokenizer
+        if mode == "features":
+            self.bert.requires_grad_(False)
+        self.head: TaggerHead | None = None
+        if labels:
+            self._build_head(labels)
+
+    # ---------------------------------------------------------------- construction
+    def _widen_segments(self) -> None:
+        old = self.bert.embeddings.segment
+        new = nn.Embedding(len(CASING), old.embedding_dim)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[0].expand_as(new.weight))
+        self.bert.embeddings.segment = new
+        self.bert.config.type_vocab_size = len(CASING)
+
+    def _build_head(self, labels: list[str]) -> None:
+        self.hparams.labels = list(labels)
+        h = self.hparams
+        width = combined_width(self.bert.config, h.layers) if h.mode == "features" else self.bert.config.hidden_size
+        self.head = TaggerHead(width, len(labels), h.tagger, h.lstm_hidden, h.dropout)
+        types = sorted({t[2:] for t in labels if t != "O"})
+        self.val_f1 = EntityF1(types, strict=h.strict_eval)
+        self.test_f1 = EntityF1(types, strict=h.strict_eval)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.hparams.labels
+
+    @property
+    def tokenizer_str(self) -> str | None:
+        return self.hparams.tokenizer
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is None:
+            return
+        if self.hparams.tokenizer is None and getattr(dm, "tokenizer", None) is not None:
+            self.hparams.tokenizer = tokenizer_to_str(dm.tokenizer)
+        if self.head is None:
+            self._build_head(dm.read_labels())
+        elif dm.labels is not None and list(dm.labels) != list(self.labels):
+            raise ValueError(f"ner: the data's labels {dm.labels} differ from the model's {self.labels}")
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:
+        segments = casing if self.hparams.casing else None
+        if self.hparams.mode == "features":
+            self.bert.eval()
+            with torch.no_grad():
+                out = self.bert(input_ids, segments, attention_mask, output_hidden_states=True)
+            features = combine_layers(out.hidden_states, self.hparams.layers)
+        else:
+            features = self.bert(input_ids, segments, attention_mask).last_hidden_state
+        return self.head(features, attention_mask)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["casing"])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        return loss
+
+    # ---------------------------------------------------------------- evaluation
+    def _predict_batch(self, batch: dict) -> tuple[Tensor, Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"], batch["casing"])
+        best = logits.argmax(-1)
+        return batch["index"], best
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._outputs.append(self._predict_batch(batch))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._outputs.append(self._predict_batch(batch))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        self._outputs.append(self._predict_batch(batch))
+
+    def _word_tags(self, split: str) -> tuple[list[list[str]], list[int], int]:
+        """All processes' window predictions -> tags per word of the split; and the sentence indices this
+        process scores (every sentence is scored by exactly one process, so summed counts are exact); and the
+        number of words no window predicted (cut by max_length, tagged O)."""
+        dm = self.trainer.datamodule
+        windows, sentences = dm.windows[split], dm.sentences[split]
+        width = dm.hparams.max_length
+        index = torch.cat([i for i, _ in self._outputs]) if self._outputs else torch.zeros(0, dtype=torch.long)
+        preds = torch.full((len(index), width), 0, dtype=torch.long, device=index.device)
+        row = 0
+        for _, best in self._outputs:
+            preds[row:row + best.size(0), :best.size(1)] = best
+            row += best.size(0)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world > 1:
+            index = self.all_gather(index).flatten(0, 1)
+            preds = self.all_gather(preds).flatten(0, 1)
+        by_window: dict[int, list[int]] = {}
+        for i, p in zip(index.tolist(), preds.tolist()):
+            by_window[i] = p
+        ordered = [by_window.get(i, [0] * width) for i in range(len(windows))]
+        tags, cut = words_to_tags(sentences, windows, ordered, self.labels)
+        mine = [i for i in range(len(sentences)) if i % world == rank]
+        return tags, mine, cut
+
+    def _score(self, split: str, metric: EntityF1, prefix: str) -> None:
+        tags, mine, cut = self._word_tags(split)
+        gold = self.trainer.datamodule.sentences[split]
+        metric.update([tags[i] for i in mine], [gold[i].tags for i in mine])
+        result = metric.compute()
+        metric.reset()
+        for name, value in result.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name == "f1", sync_dist=False)
+        self.log(f"{prefix}/truncated_words", float(cut))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self._score("val", self.val_f1, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test", self.test_f1, "test")
+
+    def on_predict_epoch_end(self) -> None:
+        tags, _, cut = self._word_tags("predict")
+        dm = self.trainer.datamodule
+        self.predicted_tags = tags
+        if self.trainer.global_rank == 0:
+            dm.write_predictions(tags)
+        if cut:
+            print(f"ner predict: {cut} words past max_length {dm.hparams.max_length} were tagged O")
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = [{**g, "lr": lr} for module, lr in ((self.bert, h.lr), (self.head, h.head_lr or h.lr))
+                  for g in param_groups(module, h.weight_decay) if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=h.lr, fused=True)
+        total = self.trainer.estimated_stepping_batches
+        scheduler = warmup_schedule(optimizer, int(h.warmup_ratio * total), total, h.schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
