@@ -1,0 +1,356 @@
+"""Plain-text corpora for language modelling.
+
+Pipeline: read UTF-8 files (one document each) -> deterministic train/validation split by character position
+(nanoGPT's `data[:int(n * 0.9)]`) -> tokenise (characters, GPT-2 BPE or a byte-level BPE trained on the training
+part only) with an end-of-text id between documents -> cache the ids as memory-mapped arrays keyed by a hash of
+the file contents and the tokenizer, so a second run starts at once -> batches of blocks:
+
+- `RandomBlocks`: nanoGPT's `get_batch` (uniform random offsets, seeded generator), whole batches at a time.
+- `Blocks`: the block cutter, consecutive blocks over one split that score every target token exactly once.
+- `SlidingWindows`: perplexity with a sliding window; each window scores only its last `stride` tokens, so every
+  token after the first window sees at least `block_size - stride + 1` tokens of context (exactly `block_size`
+  with stride 1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from data.lm_tokenizer import TextTokenizer
+
+CACHE_VERSION = "1"
+IGNORE_INDEX = -100
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("NLP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nlp-suite")
+    return Path(root) / "tokens"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and splitting
+# ---------------------------------------------------------------------------------------------------------
+def read_documents(paths: Sequence[str | Path]) -> list[str]:
+    docs = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: text file not found")
+        raw = path.read_bytes()
+        try:
+            docs.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise ValueError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start})") from None
+    return docs
+
+
+def split_documents(docs: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Cut the concatenated documents at character `int(n * (1 - val_fraction))`: the head trains, the tail
+    validates. The document that straddles the cut is split in two. Deterministic, no shuffling."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    total = sum(len(d) for d in docs)
+    cut = int(total * (1.0 - val_fraction))
+    train, val, seen = [], [], 0
+    for doc in docs:
+        if seen + len(doc) <= cut:
+            train.append(doc)
+        elif seen >= cut:
+            val.append(doc)
+        else:
+            train.append(doc[: cut - seen])
+            val.append(doc[cut - seen:])
+        seen += len(doc)
+    return train, [d for d in val if d]
+
+
+def file_digest(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token cache
+# ---------------------------------------------------------------------------------------------------------
+def _write_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    array.tofile(tmp)
+    os.replace(tmp, path)
+
+
+def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
+    """`{split: memmap}` from `cache_dir/key.*`, or `build()` -> {split: array} written there first.
+
+    Each array is written to a temporary name and renamed, so an interrupted run never leaves a partial cache.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    meta_path = cache_dir / f"{key}.json"
+    if not meta_path.exists():
+        arrays = build()
+        for split, arr in arrays.items():
+            _write_atomic(cache_dir / f"{key}.{split}.bin", arr)
+        tmp = meta_path.with_suffix(f".json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({s: {"dtype": a.dtype.name, "length": int(a.size)} for s, a in arrays.items()}))
+        os.replace(tmp, meta_path)
+    meta = json.loads(meta_path.read_text())
+    out = {}
+    for split, m in meta.items():
+        if m["length"] == 0:
+            out[split] = np.zeros(0, dtype=m["dtype"])
+        else:
+            out[split] = np.memmap(cache_dir / f"{key}.{split}.bin", dtype=m["dtype"], mode="r", shape=(m["length"],))
+    return out
+
+
+def _hash(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str], *, path: str | None,
+                    bpe_vocab_size: int, cache_dir: Path, corpus_key: str) -> TextTokenizer:
+    """`kind`: "char" (vocabulary of every file, as nanoGPT), "gpt2" (from `path`) or "bpe" (trained on the
+    training part only; cached under `cache_dir` so it is trained once)."""
+    if kind == "char":
+        return TextTokenizer.char_from_text(all_docs)
+    if kind == "gpt2":
+        if not path:
+            raise ValueError("data.tokenizer_path: the GPT-2 tokenizer needs a directory with encoder.json + "
+                             "vocab.bpe (e.g. ../shared/data/tokenizers/gpt2)")
+        return TextTokenizer.gpt2(path)
+    if kind == "bpe":
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        saved = cache_dir / f"bpe-{_hash(CACHE_VERSION, corpus_key, str(bpe_vocab_size))}.json"
+        if saved.exists():
+            return TextTokenizer.from_str(saved.read_text())
+        tok = TextTokenizer.train_bpe(train_docs, bpe_vocab_size)
+        tmp = saved.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(tok.to_str())
+        os.replace(tmp, saved)
+        return tok
+    raise ValueError(f"data.tokenizer: unknown tokenizer {kind!r}: expected char, gpt2 or bpe")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------------------
+def _as_long(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, dtype=np.int64))
+
+
+class RandomBlocks(IterableDataset):
+    """Batches of `batch_size` blocks at uniformly random offsets (nanoGPT's `get_batch`), whole batches at once.
+
+    `num_batches=None` streams forever (training by steps); otherwise each pass yields `num_batches` fresh
+    batches. The generator is seeded once and advances across passes, so successive evaluations draw new
+    batches and a rerun with the same seed draws the same ones.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
+                 num_batches: int | None = None):
+        if len(tokens) < block_size + 1:
+            raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1")
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.num_batches, self.seed = num_batches, seed
+        self.rng = np.random.default_rng(seed)
+        self._offsets = np.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("an endless RandomBlocks stream has no length")
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = self.rng
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # each worker its own stream
+            rng = np.random.default_rng([self.seed, info.id])
+        high = len(self.tokens) - self.block_size  # starts 0 .. n - block_size - 1, as nanoGPT
+        i = 0
+        while self.num_batches is None or i < self.num_batches:
+            starts = rng.integers(0, high, self.batch_size)
+            chunk = _as_long(self.tokens[starts[:, None] + self._offsets])
+            yield {"input_ids": chunk[:, :-1], "targets": chunk[:, 1:]}
+            i += 1
+
+
+class Blocks(Dataset):
+    """The block cutter: consecutive blocks of one split. Block i feeds tokens [iT, iT+T) and predicts
+    [iT+1, iT+T]; the last block is padded (targets -100). Every token of the split except the first is a
+    target exactly once, and no block reaches outside the split."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, pad_id: int = 0):
+        self.tokens, self.block_size, self.pad_id = tokens, block_size, pad_id
+
+    def __len__(self) -> int:
+        return max(0, -(-(len(self.tokens) - 1) // self.block_size))
+
+    def span(self, i: int) -> tuple[int, int]:
+        """Token index range [start, end) that block i reads (inputs and targets together)."""
+        start = i * self.block_size
+        return start, min(start + self.block_size + 1, len(self.tokens))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start, end = self.span(i)
+        chunk = _as_long(self.tokens[start:end])
+        n = len(chunk) - 1
+        x = torch.full((self.block_size,), self.pad_id, dtype=torch.long)
+        y = torch.full((self.block_size,), IGNORE_INDEX, dtype=torch.long)
+        x[:n], y[:n] = chunk[:-1], chunk[1:]
+        return {"input_ids": x, "targets": y}
+
+
+class SlidingWindows(Dataset):
+    """Windows of `block_size` tokens advancing by `stride`; window 0 scores all its targets, every later
+    window only its last `stride` targets (the others are -100). Each token 1..n-1 is scored exactly once."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, stride: int, pad_id: int = 0):
+        if not 1 <= stride <= block_size:
+            raise ValueError(f"stride must be in [1, block_size={block_size}], got {stride}")
+        self.tokens, self.block_size, self.stride, self.pad_id = tokens, block_size, stride, pad_id
+
+    def __len__(self) -> int:
+        n_targets = len(self.tokens) - 1
+        if n_targets <= 0:
+            return 0
+        return 1 + max(0, -(-(n_targets - self.block_size) // self.stride))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        T = self.block_size
+        start = i * self.stride
+        chunk = _as_long(self.tokens[start:start + T + 1])
+        n = len(chunk) - 1
+        x = torch.full((T,), self.pad_id, dtype=torch.long)
+        y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
+        x[:n], y[:n] = chunk[:-1], chunk[1:]
+        if i > 0:
+            y[: T - self.stride] = IGNORE_INDEX
+        return {"input_ids": x, "targets": y}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DataModule
+# ---------------------------------------------------------------------------------------------------------
+class TextDataModule(pl.LightningDataModule):
+    """Language-modelling data from plain-text files.
+
+    Args:
+        train_files: text files, one document each, concatenated with an end-of-text token between them;
+            the head `1 - val_fraction` of the characters trains, the tail validates.
+        test_file: a text file scored by `lm test` with a sliding window of `block_size` and `test_stride`.
+        tokenizer: "char", "gpt2" (needs `tokenizer_path`) or "bpe" (a byte-level BPE of `bpe_vocab_size`
+            trained on the training part). A model restored from a checkpoint brings its own tokenizer, which
+            then wins (set by the task through `use_tokenizer`).
+        val_batches: evaluate on this many random batches per validation, as nanoGPT's `estimate_loss`
+            (`eval_iters`); 0 evaluates the whole validation split, every token once.
+        seed: seeds the training stream and the validation draws.
+    """
+
+    def __init__(self, train_files: list[str] | None = None, test_file: str | None = None,
+                 tokenizer: str = "char", tokenizer_path: str | None = None, bpe_vocab_size: int = 4096,
+                 block_size: int = 64, batch_size: int = 12, val_fraction: float = 0.1, val_batches: int = 20,
+                 eval_batch_size: int | None = None, test_stride: int | None = None, seed: int = 1337,
+                 cache_dir: str | None = None, num_workers: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_files = [train_files] if isinstance(train_files, str) else list(train_files or [])
+        self.test_file = test_file
+        self.tokenizer_kind, self.tokenizer_path, self.bpe_vocab_size = tokenizer, tokenizer_path, bpe_vocab_size
+        self.block_size, self.batch_size = block_size, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_fraction, self.val_batches, self.test_stride = val_fraction, val_batches, test_stride
+        self.seed, self.num_workers = seed, num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.tokenizer: TextTokenizer | None = None
+        self.splits: dict[str, np.ndarray] = {}
+        self._val_stream: RandomBlocks | None = None
+
+    def use_tokenizer(self, tokenizer: TextTokenizer) -> None:
+        """Adopt a checkpoint's tokenizer (for test/validate of a trained model)."""
+        if self.tokenizer is not None and self.tokenizer.to_str() != tokenizer.to_str():
+            self.splits = {}
+        self.tokenizer = tokenizer
+
+    def prepare_corpus(self) -> None:
+        """Tokenise (or load from the cache) the training files into `self.splits` = {"train", "val"}."""
+        if self.splits:
+            return
+        if not self.train_files:
+            raise ValueError("data.train_files: no training text files given")
+        digests = [file_digest(p) for p in self.train_files]
+        corpus_key = _hash(*digests, str(self.val_fraction))
+        docs = None
+
+        def documents():
+            nonlocal docs
+            if docs is None:
+                all_docs = read_documents(self.train_files)
+                docs = (all_docs, *split_documents(all_docs, self.val_fraction))
+            return docs
+
+        if self.tokenizer is None:
+            if self.tokenizer_kind == "char" or self.tokenizer_kind == "bpe":
+                all_docs, train_docs, _ = documents()
+            else:
+                all_docs = train_docs = []
+            self.tokenizer = build_tokenizer(self.tokenizer_kind, train_docs, all_docs, path=self.tokenizer_path,
+                                             bpe_vocab_size=self.bpe_vocab_size, cache_dir=self.cache_dir,
+                                             corpus_key=corpus_key)
+        tok = self.tokenizer
+        key = _hash(CACHE_VERSION, corpus_key, tok.to_str())
+
+        def build():
+            _, train_docs, val_docs = documents()
+            return {"train": tok.encode_documents(train_docs, self.train_files),
+                    "val": tok.encode_documents(val_docs, self.train_files[-len(val_docs):] if val_docs else None)}
+
+        self.splits = cached_tokens(self.cache_dir, key, build)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", "validate", None):
+            self.prepare_corpus()
+
+    # loaders -----------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        self.prepare_corpus()
+        ds = RandomBlocks(self.splits["train"], self.block_size, self.batch_size, seed=self.seed)
+        return DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        self.prepare_corpus()
+        val = self.splits["val"]
+        if self.val_batches:
+            if self._val_stream is None:  # one generator across validations: fresh batches each time
+                self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size,
+                                                seed=self.seed + 1, num_batches=self.val_batches)
+            return DataLoader(self._val_stream, batch_size=None)
+        return DataLoader(Blocks(val, self.block_size, pad_id=self.tokenizer.eot_id),
+                          batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.test_file:
+            raise ValueError("data.test_file: `lm test` needs a text file to score")
+        if self.tokenizer is None:
+            raise ValueError("lm test: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
+        tokens = self.tokenizer.encode_documents(read_documents([self.test_file]), [self.test_file])
+        stride = self.test_stride or max(1, self.block_size // 2)
+        ds = SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id)
+        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
