@@ -112,6 +112,8 @@ def combine_layers(hidden_states: tuple[Tensor, ...], how: str) -> Tensor:
     hidden_states: embeddings output then every layer's, each (B, T, D). Returns (B, T, D), or (B, T, 4D) for
     the concatenation of the last four layers.
     """
+    if how.endswith("_four") and len(hidden_states) < 5:
+        raise ValueError(f"layer combination {how!r} needs at least 4 layers, the model has {len(hidden_states) - 1}")
     if how == "embeddings":
         return hidden_states[0]
     if how == "first":

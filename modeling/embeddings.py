@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 
-def sinusoidal_table(max_len: int, d_model: int) -> Tensor:
+def sinusoidal_table(max_len: int, d_model: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """PE(pos, 2k) = sin(pos / 10000^(2k/d)),  PE(pos, 2k+1) = cos(pos / 10000^(2k/d))  -> (max_len, d_model)."""
     position = torch.arange(max_len, dtype=torch.float64)[:, None]                 # (L, 1)
     inv_freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
@@ -15,7 +15,7 @@ def sinusoidal_table(max_len: int, d_model: int) -> Tensor:
     table = torch.zeros(max_len, d_model, dtype=torch.float64)
     table[:, 0::2] = torch.sin(angles)
     table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
-    return table.float()
+    return table.to(dtype)
 
 
 class SinusoidalPositionalEncoding(nn.Module):
