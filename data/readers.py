@@ -1,0 +1,108 @@
+"""Readers for local TSV / CSV / JSON-lines files that check every row.
+
+Each reader returns `{column: [values...]}` for the requested columns, plus the file line number of every
+row, so later checks (labels) can name the exact line. Every problem is a `DataError` naming the file
+and the line: missing file, empty file, missing column, a row with the wrong number of fields, an empty
+required value, a line that is not JSON.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from data.errors import DataError
+
+csv.field_size_limit(sys.maxsize)
+
+
+def read_table(path: str | Path, columns: list[str], optional: tuple[str, ...] = ()) -> dict[str, list]:
+    """Read `columns` (all required) and `optional` columns (kept when present) from a .tsv/.csv/.jsonl file.
+
+    Returns a dict column -> list of strings, with the extra key "_line" (1-based file line of each row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        table = _read_jsonl(path, columns, optional)
+    elif suffix in (".tsv", ".csv", ".txt"):
+        table = _read_delimited(path, columns, optional, "," if suffix == ".csv" else "\t")
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r}; expected .tsv, .csv or .jsonl")
+    if not table["_line"]:
+        raise DataError(f"{path}: no data rows (the file is empty or holds only a header)")
+    return table
+
+
+def _read_delimited(path: Path, columns: list[str], optional: tuple[str, ...], delimiter: str) -> dict[str, list]:
+    kind = "tab" if delimiter == "\t" else "comma"
+    with path.open(newline="", encoding="utf-8") as f:
+        # GLUE TSVs are not quoted (sentences contain bare quotes), so only CSV uses quoting.
+        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: file is empty (expected a header line naming the columns)") from None
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}, line 1: cannot parse header: {e}") from None
+        header = [h.strip() for h in header]
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} in the header (columns: {', '.join(header)})")
+        wanted = {c: header.index(c) for c in [*columns, *(o for o in optional if o in header)]}
+        table: dict[str, list] = {c: [] for c in wanted}
+        table["_line"] = []
+        line = 1
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                if len(row) != len(header):
+                    raise DataError(f"{path}, line {line}: expected {len(header)} {kind}-separated fields "
+                                    f"({', '.join(header)}), found {len(row)}")
+                for c, i in wanted.items():
+                    value = row[i].strip()
+                    if not value and c in columns:
+                        raise DataError(f"{path}, line {line}: empty value in column {c!r}")
+                    table[c].append(value)
+                table["_line"].append(line)
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}, line {line + 1}: cannot parse: {e}") from None
+    return table
+
+
+def _read_jsonl(path: Path, columns: list[str], optional: tuple[str, ...]) -> dict[str, list]:
+    table: dict[str, list] = {c: [] for c in [*columns, *optional]}
+    table["_line"] = []
+    seen_optional = set()
+    with path.open(encoding="utf-8") as f:
+        try:
+            for line, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}, line {line}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}, line {line}: expected a JSON object, found {type(row).__name__}")
+                for c in columns:
+                    if c not in row or row[c] is None or str(row[c]).strip() == "":
+                        raise DataError(f"{path}, line {line}: missing or empty key {c!r} "
+                                        f"(keys: {', '.join(map(str, row))})")
+                    table[c].append(str(row[c]).strip())
+                for c in optional:
+                    if c in row:
+                        seen_optional.add(c)
+                    table[c].append(str(row[c]).strip() if row.get(c) is not None else "")
+                table["_line"].append(line)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    for c in optional:
+        if c not in seen_optional:
+            del table[c]
+    return table

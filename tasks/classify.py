@@ -1,0 +1,200 @@
+"""Sentence / sentence-pair classification and regression over BERT (GLUE).
+
+BERT -> pooled sentence vector -> dropout -> linear. The sentence vector is the tanh-pooled [CLS]
+(`pooling: cls`, BERT's recipe) or the mean of the last layer over real tokens (`pooling: mean`, how
+sentence-transformers models such as all-MiniLM-L6-v2 were trained). Cross-entropy for classes, mean
+squared error for regression. AdamW without decay on biases and LayerNorm, linear warm-up and decay.
+
+The backbone comes from `pretrained` (a Hugging Face directory, a hub name when online, or one of our
+`.ckpt` files) or is built from scratch from `backbone` (BertConfig fields). The label set comes from the
+datamodule, so the network is built in `configure_model`; when a checkpoint is being restored it is built
+from the checkpoint instead (`on_load_checkpoint`), so `predict` needs nothing but the `.ckpt`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modeling import BERT, BertConfig
+from modeling.hf import load_bert
+from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, glue_metrics
+from tasks.optim import adamw, warmup_schedule
+
+log = logging.getLogger(__name__)
+
+
+def load_backbone(pretrained: Optional[str], backbone: Optional[dict], vocab_size: Optional[int] = None) -> BERT:
+    """A BERT from a HF directory / hub name, from the `backbone.*` weights of one of our .ckpt files, or new."""
+    if pretrained and backbone:
+        raise ValueError("set model.pretrained or model.backbone, not both")
+    if pretrained and pretrained.endswith(".ckpt"):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found (model.pretrained)")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "backbone_config" not in ckpt:
+            raise ValueError(f"{path}: no backbone_config in this checkpoint (not a BERT task checkpoint)")
+        model = BERT(BertConfig(**ckpt["backbone_config"]), pooler=True)
+        state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            log.warning("%s: initialised (not in checkpoint): %s", path, ", ".join(result.missing_keys))
+        return model
+    if pretrained:
+        return load_bert(pretrained, pooler=True)
+    if not backbone:
+        raise ValueError("set model.pretrained (a checkpoint) or model.backbone (BertConfig fields, from scratch)")
+    config = dict(backbone)
+    if vocab_size is not None:
+        config.setdefault("vocab_size", vocab_size)
+    return BERT(BertConfig(**config), pooler=True)
+
+
+class ClassificationTask(pl.LightningModule):
+    def __init__(
+        self,
+        pretrained: Optional[str] = None,
+        backbone: Optional[dict] = None,
+        pooling: Literal["cls", "mean"] = "cls",
+        classifier_dropout: Optional[float] = None,
+        metric: str = "accuracy",
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.06,
+        warmup_steps: Optional[int] = None,
+        schedule: Literal["linear", "cosine", "constant"] = "linear",
+        min_lr_ratio: float = 0.0,
+    ):
+        """
+        Args:
+            pretrained: Hugging Face checkpoint directory, hub name (online), or our .ckpt (its BERT weights).
+            backbone: BertConfig fields for a model trained from scratch (vocab_size defaults to the tokenizer's).
+            pooling: sentence vector: `cls` (tanh pooler over [CLS]) or `mean` (mean of last layer over tokens).
+            classifier_dropout: dropout before the linear head (default: the backbone's dropout).
+            metric: the monitored validation metric: accuracy, f1, mcc (classes), pearson, spearman (regression).
+            lr, weight_decay: AdamW peak learning rate and decay (not applied to biases and LayerNorm).
+            warmup_ratio, warmup_steps: linear warm-up length (steps wins over ratio of all steps).
+            schedule, min_lr_ratio: decay after warm-up (linear, cosine or constant) and its floor.
+        """
+        super().__init__()
+        if metric not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
+            raise ValueError(f"model.metric {metric!r}: choose from {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+        self.save_hyperparameters()
+        self.monitor, self.monitor_mode = f"val/{metric}", "max"
+        self.backbone: Optional[BERT] = None
+        self.label_names: Optional[list[str]] = None
+        self.regression = False
+
+    # ---- building ---------------------------------------------------------------------------------------
+    def build(self, backbone: BERT, num_labels: int, regression: bool = False,
+              label_names: Optional[list[str]] = None) -> None:
+        hp = self.hparams
+        if regression and hp.metric not in REGRESSION_METRICS or not regression and hp.metric in REGRESSION_METRICS:
+            kind = "regression" if regression else "classification"
+            raise ValueError(f"model.metric {hp.metric!r} does not fit {kind} data")
+        self.backbone = backbone
+        self.regression = regression
+        self.label_names = label_names
+        p = backbone.config.dropout if hp.classifier_dropout is None else hp.classifier_dropout
+        self.dropout = nn.Dropout(p)
+        self.head = nn.Linear(backbone.config.hidden_size, 1 if regression else num_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        metrics = glue_metrics(num_labels, regression)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def configure_model(self) -> None:
+        if self.backbone is not None or self.trainer.ckpt_path:
+            return  # already built, or built from the checkpoint in on_load_checkpoint
+        dm = self.trainer.datamodule
+        if dm.num_labels < 1 or (not dm.hparams.regression and dm.num_labels < 2):
+            raise ValueError(f"need at least two labels to classify, got {dm.label_names}")
+        vocab = dm.tokenizer.get_vocab_size() if dm.tokenizer is not None else None
+        self.build(load_backbone(self.hparams.pretrained, self.hparams.backbone, vocab), dm.num_labels,
+                   dm.hparams.regression, dm.label_names)
+        if vocab is not None and vocab > self.backbone.config.vocab_size:
+            raise ValueError(f"tokenizer has {vocab} tokens but the model's vocabulary has "
+                             f"{self.backbone.config.vocab_size}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["backbone_config"] = dataclasses.asdict(self.backbone.config)
+        checkpoint["labels"] = self.label_names
+        checkpoint["regression"] = self.regression
+        checkpoint["num_labels"] = self.head.out_features
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.backbone is None:
+            self.build(BERT(BertConfig(**checkpoint["backbone_config"]), pooler=True),
+                       checkpoint["num_labels"], checkpoint["regression"], checkpoint["labels"])
+
+    # ---- model ------------------------------------------------------------------------------------------
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
+        out = self.backbone(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        if self.hparams.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            pooled = out.pooled
+        return self.head(self.dropout(pooled))
+
+    def _logits(self, batch) -> torch.Tensor:
+        return self(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+
+    def _loss(self, logits, labels) -> torch.Tensor:
+        if self.regression:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+    def _predictions(self, logits) -> torch.Tensor:
+        return logits.squeeze(-1).float() if self.regression else logits.argmax(-1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(self._logits(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def _eval_step(self, batch, metrics, stage: str) -> None:
+        logits = self._logits(batch)
+        n = len(batch["labels"])
+        self.log(f"{stage}/loss", self._loss(logits, batch["labels"]), batch_size=n, sync_dist=True)
+        metrics.update(self._predictions(logits), batch["labels"])
+        self.log_dict(metrics, prog_bar=True, batch_size=n)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0) -> list[dict]:
+        logits = self._logits(batch).float()
+        dm = getattr(self.trainer, "datamodule", None)
+        rows = []
+        for i, index in enumerate(batch["index"].tolist()):
+            row = {"index": index, **(dm.predict_text(index) if hasattr(dm, "predict_text") else {})}
+            if self.regression:
+                row["score"] = round(logits[i, 0].item(), 6)
+            else:
+                probs = logits[i].softmax(-1).tolist()
+                names = self.label_names or [str(k) for k in range(len(probs))]
+                row["label"] = names[max(range(len(probs)), key=probs.__getitem__)]
+                row["probabilities"] = {name: round(p, 6) for name, p in zip(names, probs)}
+            rows.append(row)
+        return rows
+
+    # ---- optimisation -----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = adamw(self, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_ratio * total)
+        scheduler = warmup_schedule(optimizer, warmup, total, hp.schedule, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
