@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import KVCache
 from .blocks import EncoderLayer, run_layers
 from .embeddings import GPTEmbeddings
+from .losses import linear_cross_entropy
 
 
 @dataclass
@@ -70,9 +70,11 @@ class GPT(nn.Module):
         return self.hidden(input_ids, cache) @ self.embeddings.token.weight.t()
 
     def loss(self, input_ids: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy of (B, T) `targets` (already shifted: targets[t] follows input_ids[t]; -100 ignored)."""
-        logits = self(input_ids)                                                   # (B, T, V)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        """Mean cross-entropy of (B, T) `targets` (already shifted: targets[t] follows input_ids[t]; -100 ignored),
+        computed chunk by chunk so the (B, T, V) logits never exist all at once."""
+        hidden = self.hidden(input_ids)                                            # (B, T, D)
+        return linear_cross_entropy(hidden.flatten(0, 1), self.embeddings.token.weight, targets.reshape(-1),
+                                    chunk_size=4096)
 
     def new_cache(self, batch_size: int, max_len: int) -> list[KVCache]:
         c = self.config

@@ -249,3 +249,19 @@ def test_transformer_base_parameter_count():
     n = count(Transformer(TransformerConfig()))
     assert n == expected == 63_082_496
     assert n == pytest.approx(65e6, rel=0.03)
+
+
+def test_linear_cross_entropy_equals_full_logits_loss_and_gradients():
+    from modeling.losses import linear_cross_entropy
+    hidden = torch.randn(50, 16, requires_grad=True)
+    weight = torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (50,))
+    targets[:7] = -100
+    expected = F.cross_entropy(hidden @ weight.t(), targets, ignore_index=-100)
+    grads = torch.autograd.grad(expected, (hidden, weight))
+    ours = linear_cross_entropy(hidden, weight, targets, chunk_size=16)       # several chunks, one partial
+    torch.testing.assert_close(ours, expected)
+    for a, b in zip(torch.autograd.grad(2.0 * ours, (hidden, weight)), grads):
+        torch.testing.assert_close(a, 2.0 * b, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, chunk_size=16), expected)

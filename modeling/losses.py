@@ -1,0 +1,58 @@
+"""Cross-entropy over a large vocabulary without materialising all the logits.
+
+For a language model the last projection, hidden (N, D) @ Eᵀ (D, V), and its softmax dominate memory: N × V
+floats for the logits, the same again for their gradient. `linear_cross_entropy` walks the tokens in chunks and,
+while it has a chunk's logits in hand, computes the loss and the gradient of the loss with respect to the hidden
+states and the embedding at once (d loss / d logits = softmax - onehot). Only (N, D) and (V, D) gradients are
+kept for the backward pass, which then just scales them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, chunk_size: int):
+        n_scored = (targets != ignore_index).sum().clamp(min=1)
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.size(0), chunk_size):
+            h, y = hidden[start:start + chunk_size], targets[start:start + chunk_size]    # (c, D), (c,)
+            logits = (h @ weight.t()).float()                                             # (c, V)
+            scored = y != ignore_index
+            safe_y = y.masked_fill(~scored, 0)
+            lse = torch.logsumexp(logits, dim=-1)                                        # (c,)
+            loss += ((lse - logits.gather(1, safe_y[:, None]).squeeze(1)) * scored).sum()
+            # d loss / d logits = (softmax - onehot) / n_scored, zero for ignored rows
+            grad_logits = logits.sub_(lse[:, None]).exp_()
+            grad_logits[torch.arange(y.numel(), device=y.device), safe_y] -= 1.0
+            grad_logits.mul_((scored.float() / n_scored)[:, None])
+            grad_logits = grad_logits.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:start + chunk_size] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t().float(), h.float())
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss / n_scored
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (grad_hidden * grad_loss if grad_hidden is not None else None,
+                (grad_weight * grad_loss).to(ctx.saved_tensors[1].dtype) if grad_weight is not None else None,
+                None, None, None)
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, ignore_index: int = -100,
+                         chunk_size: int = 1024) -> Tensor:
+    """mean cross_entropy(hidden @ weightᵀ, targets) over non-ignored targets.
+    hidden: (N, D); weight: (V, D); targets: (N,)."""
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+        losses = [F.cross_entropy((h @ weight.t()).float(), y, ignore_index=ignore_index, reduction="sum")
+                  for h, y in zip(hidden.split(chunk_size), targets.split(chunk_size))]
+        return torch.stack(losses).sum() / (targets != ignore_index).sum().clamp(min=1)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_size)
