@@ -1,0 +1,34 @@
+# One command each: `make demo` trains the embedded default, `make test` runs the tests. Both set up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Pinned on purpose: on the project's CPU machines 2.13.0 is a local CPU wheel (seconds); elsewhere pip takes
+# PyPI's normal build of the same release. Override, e.g. TORCH_SPEC="torch==2.13.0 --index-url .../cpu".
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(PY) run.py classify fit
+
+test: setup
+	$(PY) -m pytest -q
+
+# Real-data runs and speed comparisons (tens of minutes on 2 CPU cores); each appends to benchmarks/results.jsonl.
+bench: setup
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/sst2.py --which both
+	$(PY) benchmarks/lm_shakespeare.py
+	$(PY) benchmarks/ner_conll.py --which both
+
+clean:
+	rm -rf runs wandb lightning_logs .pytest_cache
