@@ -10,6 +10,7 @@ mode) after the last epoch. Deliberately independent of this project's code: it 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     random.seed(0)
     data = Path(args.data)
@@ -132,11 +133,12 @@ def main() -> None:
                       f"{time.perf_counter() - t0:.0f}s", flush=True)
     dev_f1 = evaluate(model, dev_enc, dev, labels)
     test_f1 = evaluate(model, test_enc, test, labels)
-    wall = time.perf_counter() - start
-    print(f"dev F1 {dev_f1:.4f}  test F1 {test_f1:.4f}  wall {wall:.0f}s", flush=True)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    print(f"dev F1 {dev_f1:.4f}  test F1 {test_f1:.4f}  wall {wall:.0f}s  cpu {cpu:.0f}s", flush=True)
     if not args.no_record and not args.limit:
         command = "flock /tmp/heavy.lock python benchmarks/ner_hf_baseline.py"
-        extra = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=torch.get_num_threads())
+        extra = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=torch.get_num_threads(),
+                     cpu_s=round(cpu, 1), load_avg_end=round(os.getloadavg()[0], 2))
         record("ner", "hf_baseline_minilm", "dev_f1", dev_f1, wall, command=command, **extra)
         record("ner", "hf_baseline_minilm", "test_f1", test_f1, wall, command=command, **extra)
 

@@ -17,7 +17,6 @@ each word is labelled (and predicted) in the one window where it has the most co
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -28,14 +27,15 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.errors import DataError
 from data.tokenization import load_wordpiece, tokenizer_from_str
 
 IGNORE = -100
 TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 
 
-class ConllFormatError(ValueError):
-    """A malformed CoNLL file: the message is one line, `path:line: what is wrong`."""
+class ConllFormatError(DataError):
+    """A malformed CoNLL file: the message is one line, `path, line N: what is wrong`."""
 
 
 @dataclass
@@ -66,7 +66,7 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
     """Sentences of a CoNLL file. `labels`, when given, is the closed tag set: any other tag is an error."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: CoNLL file not found")
+        raise DataError(f"{path}: CoNLL file not found")
     known = set(labels) if labels is not None else None
     sentences: list[Sentence] = []
     words, tags, lines = [], [], []
@@ -78,12 +78,12 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
             bio = iob1_to_bio(tags) if iob1 else tags
             for i, tag in enumerate(bio):
                 if known is not None and tag not in known:
-                    raise ConllFormatError(f"{path}:{lines[i]}: tag {tag!r} is not in the label set "
+                    raise ConllFormatError(f"{path}, line {lines[i]}: tag {tag!r} is not in the label set "
                                            f"read from the training data ({', '.join(sorted(known))})")
                 if strict_bio and tag.startswith("I-"):
                     prev = bio[i - 1] if i else "O"
                     if prev[2:] != tag[2:] or prev == "O":
-                        raise ConllFormatError(f"{path}:{lines[i]}: {tag!r} after {prev!r} is not valid BIO "
+                        raise ConllFormatError(f"{path}, line {lines[i]}: {tag!r} after {prev!r} is not valid BIO "
                                                f"(an entity must start with B-{tag[2:]}); use iob1=True for IOB1 files")
             sentences.append(Sentence(words, bio, doc, lines[0]))
         words, tags, lines = [], [], []
@@ -102,21 +102,21 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
             cols = line.split()
             if columns is None:
                 if len(cols) < 2:
-                    raise ConllFormatError(f"{path}:{lineno}: expected at least 2 columns (token ... tag), "
+                    raise ConllFormatError(f"{path}, line {lineno}: expected at least 2 columns (token ... tag), "
                                            f"got {len(cols)}: {line!r}")
                 columns = len(cols)
             elif len(cols) != columns:
-                raise ConllFormatError(f"{path}:{lineno}: expected {columns} columns like the file's first line, "
+                raise ConllFormatError(f"{path}, line {lineno}: expected {columns} columns like the file's first line, "
                                        f"got {len(cols)}: {line!r}")
             tag = cols[-1]
             if not TAG_RE.match(tag):
-                raise ConllFormatError(f"{path}:{lineno}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
+                raise ConllFormatError(f"{path}, line {lineno}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
             words.append(cols[0])
             tags.append(tag)
             lines.append(lineno)
     close()
     if not sentences:
-        raise ConllFormatError(f"{path}:1: no sentences in this file")
+        raise ConllFormatError(f"{path}: no sentences in this file")
     return sentences
 
 
@@ -133,7 +133,7 @@ def read_plain_text(path: str | Path) -> list[Sentence]:
     """One sentence per line, tokenized on whitespace and punctuation; blank lines separate documents."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: text file not found")
+        raise DataError(f"{path}: text file not found")
     sentences, doc = [], 0
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         matches = list(TOKEN_RE.finditer(line))
@@ -145,7 +145,7 @@ def read_plain_text(path: str | Path) -> list[Sentence]:
         sentences.append(Sentence(words, ["O"] * len(words), doc, lineno,
                                   spans=[m.span() for m in matches], text=line))
     if not sentences:
-        raise ValueError(f"{path}: no text to tag")
+        raise DataError(f"{path}: no text to tag")
     return sentences
 
 
@@ -211,10 +211,11 @@ def word_pieces(tokenizer: Tokenizer, words: list[str]) -> list[list[int]]:
     return [p if p else [unk] for p in pieces]
 
 
-def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dict[str, int], *,
+def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dict[str, int] | None, *,
                   max_length: int = 128, context: str = "sentence", stride: int | None = None,
                   label_all_subtokens: bool = False) -> list[Window]:
-    """Cut sentences (or whole documents) into windows of at most `max_length` sub-tokens with specials."""
+    """Cut sentences (or whole documents) into windows of at most `max_length` sub-tokens with specials.
+    `label2id=None` leaves every position unlabelled (IGNORE), for inputs without gold tags."""
     if context not in ("sentence", "document"):
         raise ValueError(f"context must be 'sentence' or 'document', got {context!r}")
     room = max_length - 2
@@ -240,12 +241,12 @@ def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dic
             s = sentences[si]
             for wi, (word, pieces) in enumerate(zip(s.words, word_pieces(tokenizer, s.words))):
                 tag, case = s.tags[wi], casing(word)
+                first = label2id[tag] if label2id is not None else IGNORE
+                inner = IGNORE
+                if label2id is not None and label_all_subtokens:
+                    inner = label2id.get("I-" + tag[2:], first) if tag.startswith("B-") else first
                 for k, piece in enumerate(pieces):
-                    if k == 0:
-                        stream.append((piece, label2id[tag], case, (si, wi)))
-                    else:
-                        inner = label2id.get("I-" + tag[2:], label2id[tag]) if tag.startswith("B-") else label2id[tag]
-                        stream.append((piece, inner if label_all_subtokens else IGNORE, case, None))
+                    stream.append((piece, first, case, (si, wi)) if k == 0 else (piece, inner, case, None))
         starts = [0] if context == "sentence" else list(range(0, max(1, len(stream) - room + stride), stride))
         if context == "document" and starts[-1] + room < len(stream):
             starts.append(starts[-1] + stride)
@@ -364,7 +365,7 @@ class CoNLLDataModule(pl.LightningDataModule):
                  context: str = "sentence", stride: int | None = None, eval_stride: int | None = None,
                  label_all_subtokens: bool = False, iob1: bool = False, strict_bio: bool = False,
                  batch_size: int = 32, eval_batch_size: int = 64, length_grouped: bool = True,
-                 num_workers: int = 0, seed: int = 0, limit_train: int = 0, predict_output: str | None = None):
+                 num_workers: int = 0, seed: int = 0, limit_train: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer: Tokenizer | None = load_wordpiece(tokenizer) if tokenizer else None
@@ -373,18 +374,21 @@ class CoNLLDataModule(pl.LightningDataModule):
         self.windows: dict[str, list[Window]] = {}
         self.truncated_words: dict[str, int] = {}
 
-    # the task hands these over when the tokenizer and labels come from a checkpoint
-    def set_vocabulary(self, tokenizer_str: str | None, labels: list[str] | None) -> None:
-        if tokenizer_str and self.tokenizer is None:
-            self.tokenizer = tokenizer_from_str(tokenizer_str)
-        if labels and self.labels is None:
-            self.labels = list(labels)
+    def use_vocabulary(self, tokenizer_str: str, labels: list[str] | None) -> None:
+        """A restored checkpoint's tokenizer and labels are the ones its model was trained with: switch to them
+        (windows already built with another tokenizer are rebuilt on the next `setup`)."""
+        tokenizer = tokenizer_from_str(tokenizer_str)
+        if self.tokenizer is None or tokenizer.to_str() != self.tokenizer.to_str() or labels != self.labels:
+            self.tokenizer, self.labels = tokenizer, list(labels) if labels else self.labels
+            self.windows.clear()
+            for split in getattr(self, "stage_splits", []):
+                self._build(split)
 
     def read_labels(self) -> list[str]:
         """The label set of the training file (read once); used to size the model before `setup`."""
         if self.labels is None:
             if not self.hparams.train_file:
-                raise ValueError("ner: no label set: give data.train_file or load a checkpoint that stores labels")
+                raise DataError("ner: no label set: give data.train_file or load a checkpoint that stores labels")
             self.sentences["train"] = self._read(self.hparams.train_file)
             self.labels = label_set(self.sentences["train"])
         return self.labels
@@ -394,42 +398,53 @@ class CoNLLDataModule(pl.LightningDataModule):
         return read_conll(path, iob1=h.iob1, strict_bio=h.strict_bio, labels=labels)
 
     def setup(self, stage: str | None = None) -> None:
-        h = self.hparams
-        if self.tokenizer is None:
-            raise ValueError("ner: no tokenizer: give data.tokenizer (a model directory) or a checkpoint")
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
-        for split in splits.get(stage, ["train", "val", "test"]):
-            if split in self.windows:
-                continue
-            if split == "predict":
-                if not h.predict_file:
-                    raise ValueError("ner predict: give data.predict_file (plain text, one sentence per line)")
-                sentences = read_plain_text(h.predict_file)
+        self.stage_splits = splits.get(stage, ["train", "val", "test"])
+        if self.tokenizer is None:
+            return       # a checkpoint being restored may bring one (use_vocabulary); the loaders check
+        for split in self.stage_splits:
+            if split not in self.windows:
+                self._build(split)
+
+    def _build(self, split: str) -> None:
+        h = self.hparams
+        if split == "predict":
+            if not h.predict_file:
+                raise DataError("ner predict: give data.predict_file (plain text, one sentence per line)")
+            sentences = read_plain_text(h.predict_file)
+        else:
+            path = {"train": h.train_file, "val": h.val_file, "test": h.test_file}[split]
+            if not path:
+                raise DataError(f"ner: data.{split}_file is required for this stage")
+            if split == "train":
+                sentences = self.sentences["train"] if "train" in self.sentences else self._read(h.train_file)
+                self.sentences["train"] = sentences
+                if self.labels is None:
+                    self.labels = label_set(sentences)
+                if h.limit_train:
+                    sentences = sentences[:h.limit_train]
             else:
-                path = {"train": h.train_file, "val": h.val_file, "test": h.test_file}[split]
-                if not path:
-                    raise ValueError(f"ner: data.{split}_file is required for this stage")
-                if split == "train":
+                if self.labels is None and h.train_file:
                     self.read_labels()
-                    sentences = self.sentences["train"]
-                    if h.limit_train:
-                        sentences = sentences[:h.limit_train]
-                else:
-                    if self.labels is None and h.train_file:
-                        self.read_labels()
-                    sentences = self._read(path, self.labels)
-            labels = self.labels or ["O"]
-            label2id = {t: i for i, t in enumerate(labels)}
-            stride = h.stride if split == "train" else (h.eval_stride or h.stride)
-            self.sentences[split] = sentences
-            self.windows[split] = build_windows(self.tokenizer, sentences, label2id, max_length=h.max_length,
-                                                context=h.context, stride=stride,
-                                                label_all_subtokens=h.label_all_subtokens and split == "train")
-            covered = sum(len(w.targets) for w in self.windows[split])
-            self.truncated_words[split] = sum(len(s.words) for s in sentences) - covered
+                sentences = self._read(path, self.labels)
+        # evaluation windows carry no labels: gold tags are read from the sentences themselves
+        label2id = {t: i for i, t in enumerate(self.labels)} if split == "train" else None
+        stride = h.stride if split == "train" else (h.eval_stride or h.stride)
+        self.sentences[split] = sentences
+        self.windows[split] = build_windows(self.tokenizer, sentences, label2id, max_length=h.max_length,
+                                            context=h.context, stride=stride,
+                                            label_all_subtokens=h.label_all_subtokens and split == "train")
+        covered = sum(len(w.targets) for w in self.windows[split])
+        self.truncated_words[split] = sum(len(s.words) for s in sentences) - covered
+
+    def _windows(self, split: str) -> list[Window]:
+        if split not in self.windows:
+            raise DataError("ner: no tokenizer: give data.tokenizer (a model directory or vocab.txt) "
+                            "or a checkpoint (--ckpt_path) that carries one")
+        return self.windows[split]
 
     def train_dataloader(self) -> DataLoader:
-        windows = self.windows["train"]
+        windows = self._windows("train")
         h = self.hparams
         if h.length_grouped:
             sampler = LengthGroupedSampler([len(w.input_ids) for w in windows], h.batch_size, seed=h.seed)
@@ -440,7 +455,7 @@ class CoNLLDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         # keep file order: the task maps predictions back to words by batch position
-        return DataLoader(WindowDataset(self.windows[split]), batch_size=self.hparams.eval_batch_size,
+        return DataLoader(WindowDataset(self._windows(split)), batch_size=self.hparams.eval_batch_size,
                           shuffle=False, collate_fn=collate, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
@@ -452,14 +467,6 @@ class CoNLLDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("predict")
 
-    def write_predictions(self, tags: list[list[str]]) -> Path:
-        """Entities of every plain-text sentence as JSON lines, to `predict_output` (default: beside the input)."""
-        out = Path(self.hparams.predict_output or str(self.hparams.predict_file) + ".entities.jsonl")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_predictions(out, self.sentences["predict"], tags)
-        print(f"ner predict: entities of {len(tags)} sentences written to {out}")
-        return out
-
 
 def entities_json(sentence: Sentence, tags: list[str]) -> dict:
     """One plain-text sentence's entities: text span, type and character offsets [start, end)."""
@@ -468,9 +475,3 @@ def entities_json(sentence: Sentence, tags: list[str]) -> dict:
         start, end = sentence.spans[first][0], sentence.spans[last][1]
         out.append({"text": sentence.text[start:end], "type": etype, "start": start, "end": end})
     return {"line": sentence.line, "text": sentence.text, "entities": out}
-
-
-def write_predictions(path: str | Path, sentences: list[Sentence], tags: list[list[str]]) -> None:
-    with Path(path).open("w", encoding="utf-8") as f:
-        for s, t in zip(sentences, tags):
-            f.write(json.dumps(entities_json(s, t), ensure_ascii=False) + "\n")

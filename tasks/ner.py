@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from data.conll import CASING, IGNORE, words_to_tags
+from data.conll import CASING, IGNORE, entities_json, words_to_tags
 from data.tokenization import tokenizer_to_str
 from modeling import BERT, BertConfig, combine_layers
 from modeling.bert import combined_width
@@ -80,13 +80,16 @@ def load_encoder(pretrained: str) -> tuple[BERT, str | None]:
         if [k for k in missing if not k.startswith("pooler")]:
             raise ValueError(f"{path}: encoder weights missing: {', '.join(missing[:5])}")
         bert.load_state_dict({k: v for k, v in sub.items() if k in own}, strict=False)
-        return bert, hp.get("tokenizer")
+        return bert, ckpt.get("tokenizer_json")
     return load_bert(pretrained, pooler=False), None
 
 
 class NERTask(pl.LightningModule):
+    monitor = "val/f1"          # run.py keeps the checkpoint with the best dev entity F1
+    monitor_mode = "max"
+
     def __init__(self, pretrained: str | None = None, labels: list[str] | None = None,
-                 tokenizer: str | None = None, bert_config: dict | None = None,
+                 bert_config: dict | None = None,
                  mode: str = "finetune", layers: str = "last", tagger: str = "linear", lstm_hidden: int = 256,
                  dropout: float = 0.1, casing: bool = False, lr: float = 5e-5, head_lr: float | None = None,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, schedule: str = "linear",
@@ -96,7 +99,6 @@ class NERTask(pl.LightningModule):
             pretrained: Hugging Face BERT directory (or hub name) or one of our .ckpt files; ignored when the
                 task itself is restored from a checkpoint (bert_config is set then).
             labels: BIO label names; read from the training data when not given, then stored.
-            tokenizer: serialised tokenizer; taken from the data module when not given, then stored.
             mode: "finetune" or "features" (frozen encoder, features from `layers`).
             layers: combine_layers choice for the features.
             tagger: "linear" or "bilstm" head.
@@ -109,6 +111,7 @@ class NERTask(pl.LightningModule):
         if mode not in ("finetune", "features"):
             raise ValueError(f"mode must be 'finetune' or 'features', got {mode!r}")
         self.save_hyperparameters()
+        self.tokenizer_json: str | None = None    # the serialised tokenizer, saved in every checkpoint
         if bert_config is not None:               # restored from our checkpoint: weights come from the state dict
             self.bert = BERT(BertConfig(**bert_config), pooler=False)
         else:
@@ -118,8 +121,7 @@ class NERTask(pl.LightningModule):
             if casing:
                 self._widen_segments()
             self.hparams.bert_config = dataclasses.asdict(self.bert.config)
-            if tokenizer is None and ckpt_tokenizer:
-                self.hparams.tokenizer = ckpt_tokenizer
+            self.tokenizer_json = ckpt_tokenizer
         if mode == "features":
             self.bert.requires_grad_(False)
         self.head: TaggerHead | None = None
@@ -140,6 +142,7 @@ class NERTask(pl.LightningModule):
         h = self.hparams
         width = combined_width(self.bert.config, h.layers) if h.mode == "features" else self.bert.config.hidden_size
         self.head = TaggerHead(width, len(labels), h.tagger, h.lstm_hidden, h.dropout)
+        self._head_kind = h.tagger
         types = sorted({t[2:] for t in labels if t != "O"})
         self.val_f1 = EntityF1(types, strict=h.strict_eval)
         self.test_f1 = EntityF1(types, strict=h.strict_eval)
@@ -148,20 +151,44 @@ class NERTask(pl.LightningModule):
     def labels(self) -> list[str] | None:
         return self.hparams.labels
 
-    @property
-    def tokenizer_str(self) -> str | None:
-        return self.hparams.tokenizer
-
     def setup(self, stage: str) -> None:
+        """Labels and tokenizer from the data (a checkpoint being restored overrides them: on_load_checkpoint)."""
         dm = self.trainer.datamodule if self.trainer is not None else None
         if dm is None:
             return
-        if self.hparams.tokenizer is None and getattr(dm, "tokenizer", None) is not None:
-            self.hparams.tokenizer = tokenizer_to_str(dm.tokenizer)
+        if getattr(dm, "tokenizer", None) is not None:
+            self.tokenizer_json = tokenizer_to_str(dm.tokenizer)
         if self.head is None:
+            if dm.labels is None and not dm.hparams.train_file:
+                return                     # predict/test from a checkpoint: on_load_checkpoint builds the head
             self._build_head(dm.read_labels())
         elif dm.labels is not None and list(dm.labels) != list(self.labels):
             raise ValueError(f"ner: the data's labels {dm.labels} differ from the model's {self.labels}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_json"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._adopt(checkpoint.get("hyper_parameters", {}), checkpoint.get("tokenizer_json"))
+
+    def _adopt(self, hp: dict, tokenizer_json: str | None) -> None:
+        """Shape this task like the checkpoint's, so its state dict loads (the config may say otherwise), and
+        make the data use the checkpoint's tokenizer. Called before Lightning loads the state dict."""
+        if hp.get("bert_config") and hp["bert_config"] != dataclasses.asdict(self.bert.config):
+            self.bert = BERT(BertConfig(**hp["bert_config"]), pooler=False)
+            self.hparams.bert_config = dict(hp["bert_config"])
+        self.hparams.casing = bool(hp.get("casing", self.hparams.casing))
+        for key in ("mode", "layers", "tagger", "lstm_hidden", "dropout"):
+            if key in hp:
+                self.hparams[key] = hp[key]
+        if hp.get("labels") and (self.head is None or list(hp["labels"]) != list(self.labels)
+                                 or hp.get("tagger") != getattr(self, "_head_kind", None)):
+            self._build_head(hp["labels"])
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if tokenizer_json:
+            self.tokenizer_json = tokenizer_json
+            if dm is not None:
+                dm.use_vocabulary(tokenizer_json, hp.get("labels"))
 
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:
@@ -190,7 +217,17 @@ class NERTask(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
 
-    on_test_epoch_start = on_predict_epoch_start = on_validation_epoch_start
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_predict_epoch_start(self) -> None:
+        windows = self.trainer.datamodule.windows["predict"]
+        self._pending: dict[int, list[int]] = {}
+        self._emitted = 0
+        # _open_from[w]: the first sentence that window w or a later one still predicts words of
+        self._open_from = [len(self.trainer.datamodule.sentences["predict"])] * (len(windows) + 1)
+        for w in range(len(windows) - 1, -1, -1):
+            first = min((si for _, si, _ in windows[w].targets), default=self._open_from[w + 1])
+            self._open_from[w] = min(first, self._open_from[w + 1])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._outputs.append(self._predict_batch(batch))
@@ -198,8 +235,26 @@ class NERTask(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._outputs.append(self._predict_batch(batch))
 
-    def predict_step(self, batch: dict, batch_idx: int) -> None:
-        self._outputs.append(self._predict_batch(batch))
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Entities of every input sentence whose words have all been predicted by now, as JSON-able dicts
+        (run.py writes one line each). Windows come in file order, so sentences complete in order."""
+        dm = self.trainer.datamodule
+        windows, sentences = dm.windows["predict"], dm.sentences["predict"]
+        index, best = self._predict_batch(batch)
+        for i, row in zip(index.tolist(), best.tolist()):
+            self._pending[i] = row
+        done = self._open_from[max(index.tolist()) + 1]      # sentences before this one are complete
+        if done <= self._emitted:
+            return []
+        chosen = sorted(self._pending)
+        tags, _ = words_to_tags(sentences, [windows[i] for i in chosen], [self._pending[i] for i in chosen],
+                                self.labels)
+        out = [entities_json(sentences[si], tags[si]) for si in range(self._emitted, done)]
+        self._emitted = done
+        for i in chosen:                                      # windows whose sentences are all written
+            if all(si < done for _, si, _ in windows[i].targets):
+                del self._pending[i]
+        return out
 
     def _word_tags(self, split: str) -> tuple[list[list[str]], list[int], int]:
         """All processes' window predictions -> tags per word of the split; and the sentence indices this
@@ -243,15 +298,6 @@ class NERTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._score("test", self.test_f1, "test")
-
-    def on_predict_epoch_end(self) -> None:
-        tags, _, cut = self._word_tags("predict")
-        dm = self.trainer.datamodule
-        self.predicted_tags = tags
-        if self.trainer.global_rank == 0:
-            dm.write_predictions(tags)
-        if cut:
-            print(f"ner predict: {cut} words past max_length {dm.hparams.max_length} were tagged O")
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):

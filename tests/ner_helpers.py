@@ -31,8 +31,8 @@ def tiny_wordpiece(tmp_path: Path, whole_words: bool = True):
     return load_wordpiece(path)
 
 
-def tiny_bert_dir(tmp_path: Path, seed: int = 0) -> Path:
-    """A randomly initialised 2-layer BERT in Hugging Face format with the tiny vocabulary beside it."""
+def tiny_bert_dir(tmp_path: Path, seed: int = 0, num_layers: int = 2) -> Path:
+    """A randomly initialised small BERT in Hugging Face format with the tiny vocabulary beside it."""
     import torch
 
     from modeling import BERT, BertConfig
@@ -40,7 +40,7 @@ def tiny_bert_dir(tmp_path: Path, seed: int = 0) -> Path:
     vocab = tiny_vocab()
     directory = Path(tmp_path) / "tiny-bert"
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_layers=2, num_heads=2, ffn_size=64,
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_layers=num_layers, num_heads=2, ffn_size=64,
                         max_positions=128)
     save_bert(BERT(config, pooler=False), directory)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")

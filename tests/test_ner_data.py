@@ -106,7 +106,7 @@ def write(tmp_path, text):
 
 def test_wrong_column_count_names_file_and_line(tmp_path):
     path = write(tmp_path, "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ O\n")
-    with pytest.raises(ConllFormatError, match=rf"^{path}:4: expected 4 columns .* got 3") as err:
+    with pytest.raises(ConllFormatError, match=rf"^{path}, line 4: expected 4 columns .* got 3") as err:
         read_conll(path)
     assert "\n" not in str(err.value)
 
@@ -114,16 +114,16 @@ def test_wrong_column_count_names_file_and_line(tmp_path):
 def test_strict_bio_rejects_inside_without_begin(tmp_path):
     path = write(tmp_path, "EU B-ORG\nGerman I-MISC\n\n")
     read_conll(path)                                          # lenient by default
-    with pytest.raises(ConllFormatError, match=rf"^{path}:2: 'I-MISC' after 'B-ORG' is not valid BIO"):
+    with pytest.raises(ConllFormatError, match=rf"^{path}, line 2: 'I-MISC' after 'B-ORG' is not valid BIO"):
         read_conll(path, strict_bio=True)
 
 
 def test_unknown_tag_names_file_and_line(tmp_path):
     path = write(tmp_path, "EU B-ORG\n\nPeter B-PERSON\n")
-    with pytest.raises(ConllFormatError, match=rf"^{path}:3: tag 'B-PERSON' is not in the label set"):
+    with pytest.raises(ConllFormatError, match=rf"^{path}, line 3: tag 'B-PERSON' is not in the label set"):
         read_conll(path, labels=label_set(read_conll(TRAIN)))
     path = write(tmp_path, "EU B-ORG\nrejects X-FOO\n")
-    with pytest.raises(ConllFormatError, match=rf"^{path}:2: tag 'X-FOO' is not BIO"):
+    with pytest.raises(ConllFormatError, match=rf"^{path}, line 2: tag 'X-FOO' is not BIO"):
         read_conll(path)
 
 

@@ -1,0 +1,128 @@
+"""NERTask through run.py: fit on the fixture, checkpoint contents, predict on plain text, errors (issue 4)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import FIXTURES, ROOT
+from ner_helpers import tiny_bert_dir
+
+import run
+from data.conll import CASING
+from tasks.ner import NERTask
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny models: one thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The default config (2-layer BERT over the fixture vocabulary) trained long enough to tag entities."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("ner_fit")
+    import os
+    os.environ["WANDB_MODE"] = "disabled"
+    code = run.main(["ner", "fit", "--trainer.max_epochs", "10", "--model.lr", "3e-3", "--run_dir", str(run_dir),
+                     "--trainer.enable_progress_bar", "false"])
+    assert code == 0
+    return run_dir
+
+
+def test_fit_writes_checkpoint_with_labels_and_tokenizer(trained):
+    summary = json.loads((trained / "fit_metrics.json").read_text())
+    assert summary["metrics"]["train/loss"] < 0.5
+    assert 0.0 < summary["metrics"]["val/f1"] <= 1.0         # learnt something on 110 sentences
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["labels"] == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
+                                                  "B-PER", "I-PER"]
+    assert "[CLS]" in ckpt["tokenizer_json"]
+    assert ckpt["hyper_parameters"]["bert_config"]["num_layers"] == 2
+
+
+def test_predict_plain_text_writes_entities_json(trained, tmp_path):
+    text = tmp_path / "in.txt"
+    lines = ["EU rejects German call to boycott British lamb.", "Peter Blackburn", "", "BRUSSELS 1996-08-22",
+             "Germany's representative to the European Union's veterinary committee Werner Zwingmann said on "
+             "Wednesday consumers should buy sheepmeat from countries other than Britain until the scientific "
+             "advice was clearer."]
+    text.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "entities.jsonl"
+    # only the checkpoint: the config's tokenizer is not even needed, the checkpoint carries its own
+    code = run.main(["ner", "predict", "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                     "--data.predict_file", str(text), "--data.tokenizer", "null", "--data.train_file", "null",
+                     "--predict_output", str(out), "--run_dir", str(tmp_path / "pred")])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [line for line in lines if line]     # one row per sentence, in order
+    assert [r["line"] for r in rows] == [1, 2, 4, 5]
+    found = [e for r in rows for e in r["entities"]]
+    assert found, "the trained model tags entities on sentences it was trained on"
+    for r in rows:
+        for e in r["entities"]:
+            assert r["text"][e["start"]:e["end"]] == e["text"]
+            assert e["type"] in {"PER", "ORG", "LOC", "MISC"}
+    first = {e["text"] for e in rows[0]["entities"]}
+    assert {"German", "British"} <= first                              # MISC in the training data
+
+
+def test_test_subcommand_scores_with_checkpoint(trained, tmp_path):
+    code = run.main(["ner", "test", "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+                     "--run_dir", str(tmp_path / "test")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "test" / "test_metrics.json").read_text())["metrics"]
+    assert {"test/f1", "test/precision", "test/recall", "test/f1_PER", "test/truncated_words"} <= set(metrics)
+
+
+def test_malformed_file_is_one_line_error_and_no_checkpoint(tmp_path):
+    bad = tmp_path / "bad.txt"
+    lines = (FIXTURES / "conll_train.txt").read_text().splitlines()
+    lines[5] = "rejects VBZ B-VP"                                   # 3 columns where the file has 4
+    bad.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, "run.py", "ner", "fit", "--data.train_file", str(bad),
+                           "--run_dir", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                          env={"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0
+    err = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert err == [f"run.py ner: error: {bad}, line 6: expected 4 columns like the file's first line, "
+                   f"got 3: 'rejects VBZ B-VP'"]
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_casing_segments_start_as_the_pretrained_model(tmp_path):
+    directory = tiny_bert_dir(tmp_path)
+    labels = ["O", "B-PER", "I-PER"]
+    plain = NERTask(pretrained=str(directory), labels=labels).eval()
+    cased = NERTask(pretrained=str(directory), labels=labels, casing=True).eval()
+    cased.head.load_state_dict(plain.head.state_dict())
+    assert cased.bert.embeddings.segment.num_embeddings == len(CASING)
+    ids = torch.randint(5, 100, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    casing = torch.randint(0, len(CASING), (2, 7))
+    torch.testing.assert_close(cased(ids, mask, casing), plain(ids, mask, casing))
+
+
+@pytest.mark.parametrize("layers", ["embeddings", "last", "concat_last_four"])
+def test_feature_mode_freezes_the_encoder(tmp_path, layers):
+    directory = tiny_bert_dir(tmp_path, num_layers=4)
+    task = NERTask(pretrained=str(directory), labels=["O", "B-PER", "I-PER"], mode="features", layers=layers,
+                   tagger="bilstm", lstm_hidden=8)
+    task.train()
+    ids = torch.randint(5, 100, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    logits = task(ids, mask)
+    assert logits.shape == (2, 7, 3)
+    logits.sum().backward()
+    assert all(p.grad is None for p in task.bert.parameters())
+    assert all(p.grad is not None for p in task.head.parameters())
+    want = 4 * 32 if layers == "concat_last_four" else 32
+    assert task.head.lstm.input_size == want
