@@ -13,7 +13,9 @@ run, wandb (offline) plus a CSV log, `last.ckpt` plus the best checkpoint on the
 
 A task module may define `VERBS = {"name": main_fn}` with `main_fn(argv: list[str]) -> int`; run.py
 hands `run.py <task> name ...` to it. A LightningModule tells run.py which metric to checkpoint on with
-the attributes `monitor` (e.g. "val/accuracy") and `monitor_mode` ("max" or "min").
+the attributes `monitor` (e.g. "val/accuracy") and `monitor_mode` ("max" or "min"); run.py sets
+`model.checkpoint_to_restore` to the `--ckpt_path` file (or None) before the trainer runs, so a module that
+builds its layers in `configure_model` can leave that to `on_load_checkpoint` instead.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of old jsonargparse APIs
 RUN_DIR_ENV = "NLP_RUN_DIR"  # set by the launching process so DDP workers share its run directory
 
 
@@ -191,7 +194,11 @@ def _build_cli_class():
             if trainer_cfg.get("logger", True) is not False:
                 if cfg.get("wandb", True) and self.subcommand == "fit":
                     loggers += self._wandb_logger(run_dir)
-                loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+                # a resumed fit logs beside the first run's metrics.csv instead of overwriting it
+                version = ""
+                if self.subcommand == "fit" and cfg.get("ckpt_path"):
+                    version = next(f"resume_{i}" for i in range(1, 10_000) if not (run_dir / f"resume_{i}").exists())
+                loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=version))
                 if self.subcommand == "fit":
                     callbacks.append(LearningRateMonitor(logging_interval="step"))
             if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False:
@@ -207,6 +214,8 @@ def _build_cli_class():
                 out = Path(cfg.get("predict_output") or run_dir / "predictions.jsonl")
                 self.prediction_writer = JsonLinesWriter(out)
                 callbacks.append(self.prediction_writer)
+            # tells a module whose layers depend on the checkpoint to build them in on_load_checkpoint
+            self.model.checkpoint_to_restore = cfg.get("ckpt_path")
             kwargs.setdefault("default_root_dir", str(run_dir))
             kwargs.setdefault("logger", loggers or False)
             kwargs.setdefault("callbacks", callbacks)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -251,6 +252,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             self._encoded.clear()
         if "batches_done" in state:
             self._resume = (state["epoch"], state["batches_done"])
+            # Lightning cannot see that the sampler resumes mid-epoch (skip_batches); do not warn that it won't
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     # ---- tokenisation (cached) -------------------------------------------------------------------------------
     def _encoded_split(self, split: str) -> EncodedDataset:

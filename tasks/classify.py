@@ -89,6 +89,7 @@ class ClassificationTask(pl.LightningModule):
         self.save_hyperparameters()
         self.monitor, self.monitor_mode = f"val/{metric}", "max"
         self.backbone: Optional[BERT] = None
+        self.checkpoint_to_restore: Optional[str] = None  # set by run.py (--ckpt_path)
         self.label_names: Optional[list[str]] = None
         self.regression = False
 
@@ -99,6 +100,8 @@ class ClassificationTask(pl.LightningModule):
         if regression and hp.metric not in REGRESSION_METRICS or not regression and hp.metric in REGRESSION_METRICS:
             kind = "regression" if regression else "classification"
             raise ValueError(f"model.metric {hp.metric!r} does not fit {kind} data")
+        if hp.pooling == "mean":
+            backbone.pooler = None  # unused: DDP requires every parameter to get a gradient
         self.backbone = backbone
         self.regression = regression
         self.label_names = label_names
@@ -112,7 +115,7 @@ class ClassificationTask(pl.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
 
     def configure_model(self) -> None:
-        if self.backbone is not None or self.trainer.ckpt_path:
+        if self.backbone is not None or self.checkpoint_to_restore:
             return  # already built, or built from the checkpoint in on_load_checkpoint
         dm = self.trainer.datamodule
         if dm.num_labels < 1 or (not dm.hparams.regression and dm.num_labels < 2):

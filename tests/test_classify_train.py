@@ -1,0 +1,124 @@
+"""Classification end to end through run.py, with a tiny random BERT on fixtures: bad inputs stop the run
+before any checkpoint, a mid-epoch resume ends where an uninterrupted run ends, DDP on 2 CPU processes gives
+the same validation metric as 1 process, predict writes one JSON line per input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import run
+from conftest import FIXTURES, ROOT
+
+TOKENIZER = str(ROOT / "data" / "samples" / "sst2" / "tokenizer.json")
+TINY_BERT = ('{"hidden_size": 32, "num_layers": 1, "num_heads": 2, "ffn_size": 64, "max_positions": 128, '
+             '"dropout": 0.0, "attention_dropout": 0.0}')
+
+
+def tiny_args(run_dir, *extra, train=FIXTURES / "sst2_train.tsv", val=FIXTURES / "sst2_dev.tsv"):
+    return ["classify", "fit", "--config", str(ROOT / "configs" / "classify" / "default.yaml"),
+            "--data.train_file", str(train), "--data.val_file", str(val), "--data.tokenizer", TOKENIZER,
+            "--data.batch_size", "8", "--data.eval_batch_size", "8", "--data.cache_dir", str(run_dir.parent / "cache"),
+            "--model.backbone", TINY_BERT, "--model.classifier_dropout", "0", "--trainer.max_epochs", "2",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--wandb", "false", "--run_dir", str(run_dir), *extra]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def summary(run_dir, sub="fit"):
+    return json.loads((run_dir / f"{sub}_metrics.json").read_text())
+
+
+@pytest.mark.parametrize("case, content, message", [
+    ("missing file", None, "file not found"),
+    ("empty file", "", "file is empty"),
+    ("missing column", "text\tlabel\ngood\t1\n", "no column 'sentence'"),
+    ("label outside set", "sentence\tlabel\ngood\t1\nbad\t0\nodd\t7\n", "line 4: label '7' is not in the label set"),
+    ("malformed row", "sentence\tlabel\ngood\t1\nbad\t0\textra\n", "line 3: expected 2 tab-separated fields"),
+])
+def test_bad_input_one_clear_error_and_no_checkpoint(tmp_path, capsys, case, content, message):
+    bad = tmp_path / "train.tsv"
+    if content is not None:
+        bad.write_text(content)
+    run_dir = tmp_path / "run"
+    code = run.main(tiny_args(run_dir, train=bad))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run.py classify: error:")]
+    assert code != 0
+    assert len(err) == 1 and str(bad) in err[0] and message in err[0], err
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path):
+    full = tmp_path / "full"  # 48 examples / 8 = 6 steps an epoch, 2 epochs; a checkpoint every 4 steps
+    assert run.main(tiny_args(full, "--checkpoint_every_n_steps", "4")) == 0
+    mid = full / "checkpoints" / "step=4.ckpt"
+    assert mid.is_file() and torch.load(mid, weights_only=True)["global_step"] == 4
+    resumed = tmp_path / "resumed"
+    assert run.main(tiny_args(resumed, "--ckpt_path", str(mid))) == 0
+    a, b = summary(full), summary(resumed)
+    assert a["global_step"] == b["global_step"] == 12
+    for key in ("val/accuracy", "val/loss", "val/f1", "val/mcc"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-6), key
+    # the resumed run did train: its weights moved from the step-4 checkpoint to the same final weights
+    final_a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    final_b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    start = torch.load(mid, weights_only=True)["state_dict"]
+    key = "head.weight"
+    assert torch.allclose(final_a[key], final_b[key], atol=1e-6) and not torch.allclose(start[key], final_b[key])
+
+    # `--ckpt_path last` continues the latest run of that name: nothing left to do after 2 epochs but 1 more
+    again = tiny_args(full, "--ckpt_path", "last", "--trainer.max_epochs", "3")
+    assert run.main(again) == 0
+    assert summary(full)["global_step"] == 18
+
+
+def test_predict_writes_one_json_line_per_input(tmp_path):
+    fit_dir = tmp_path / "fit"
+    assert run.main(tiny_args(fit_dir, "--trainer.max_epochs", "1")) == 0
+    ckpt = fit_dir / "checkpoints" / "last.ckpt"
+    out = tmp_path / "pred.jsonl"
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text('{"sentence": "a great movie"}\n{"sentence": "dull , dull , dull"}\n{"sentence": "ok"}\n')
+    # no --config: only the checkpoint and the input file
+    code = run.main(["classify", "predict", "--ckpt_path", str(ckpt), "--data.predict_file", str(inputs),
+                     "--data.cache_dir", "null", "--predict_output", str(out), "--run_dir", str(tmp_path / "p"),
+                     "--trainer.enable_progress_bar", "false"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["sentence"] for r in rows] == ["a great movie", "dull , dull , dull", "ok"]
+    for r in rows:
+        assert r["label"] in ("0", "1") and set(r["probabilities"]) == {"0", "1"}
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["label"] == max(r["probabilities"], key=r["probabilities"].get)
+
+
+def test_ddp_two_processes_give_the_same_validation_metric_as_one(tmp_path):
+    """33 validation sentences: not divisible by 2 processes, so a DistributedSampler would repeat one. The
+    evaluation sampler shards without repeating, and torchmetrics sums counts across processes: exact."""
+    ddp_dir = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, str(ROOT / "run.py"), *tiny_args(ddp_dir, "--trainer.max_epochs", "1",
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = summary(ddp_dir)
+    single_dir = tmp_path / "single"
+    assert run.main(["classify", "validate", "--ckpt_path", str(ddp_dir / "checkpoints" / "last.ckpt"),
+                     "--data.val_file", str(FIXTURES / "sst2_dev.tsv"), "--data.cache_dir", "null",
+                     "--run_dir", str(single_dir), "--trainer.enable_progress_bar", "false"]) == 0
+    single = summary(single_dir, "validate")
+    for key in ("val/accuracy", "val/f1", "val/mcc"):
+        assert ddp["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-6), key
+    # 33 examples: accuracy is k/33 for an integer k (a repeated example would break that)
+    k = ddp["metrics"]["val/accuracy"] * 33
+    assert abs(k - round(k)) < 1e-4

@@ -1,0 +1,62 @@
+"""run.py's command line: the task list, one-line errors with exit code 2, the embedded default config."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import run
+from conftest import ROOT
+
+
+def run_py(*args, timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_help_lists_tasks():
+    proc = run_py("--help")
+    assert proc.returncode == 0
+    for task in run.TASKS:
+        assert f"  {task} " in proc.stdout
+
+
+def test_unknown_task_exits_2_with_one_line():
+    proc = run_py("nonsense", "fit")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["run.py nonsense: error: unknown task 'nonsense'; choose from: "
+                                                + ", ".join(run.TASKS)]
+
+
+def test_task_whose_module_is_missing(monkeypatch, capsys):
+    monkeypatch.setitem(run.TASKS, "ghost", run.TaskSpec("tasks.ghost:Ghost", "data.ghost:GhostData", "x.yaml", "-"))
+    assert run.main(["ghost", "fit"]) == 2
+    assert "task 'ghost' is not available in this checkout: module tasks.ghost not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--model.no_such_key", "1"], "unrecognized arguments: --model.no_such_key"),
+    (["fit", "--trainer.max_epochs", "abc"], 'Parser key "trainer.max_epochs"'),
+    (["fit", "--model.pooling", "max"], 'Parser key "model.pooling"'),
+    (["frobnicate"], "unknown subcommand 'frobnicate'"),
+])
+def test_unknown_key_or_bad_value_exits_2_with_one_line(capsys, args, message):
+    assert run.main(["classify", *args]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_default_config_trains_on_the_bundled_sample(tmp_path):
+    """`run.py classify fit` with no arguments uses configs/classify/default.yaml and data/samples (here cut
+    to a few steps; the full default run is `make demo`)."""
+    proc = run_py("classify", "fit", "--run_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                  "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+                  "--data.cache_dir", str(tmp_path / "cache"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "fit_metrics.json").read_text())
+    assert summary["global_step"] == 3 and 0.0 <= summary["metrics"]["val/accuracy"] <= 1.0
+    assert "final metrics:" in proc.stderr + proc.stdout
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
