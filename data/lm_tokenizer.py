@@ -15,6 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer
 from tokenizers.implementations import ByteLevelBPETokenizer
 
+from data.errors import DataError
+
 EOT = "<|endoftext|>"
 
 # A pre-tokenisation boundary of the GPT-2 byte-level regex that no look-ahead sees across: between a non-space
@@ -110,7 +112,7 @@ class TextTokenizer:
             except KeyError:
                 pos = next(i for i, c in enumerate(text) if c not in self._stoi)
                 line = text.count("\n", 0, pos) + 1
-                raise ValueError(f"{where}:{line}: character {text[pos]!r} is not in the character "
+                raise DataError(f"{where}:{line}: character {text[pos]!r} is not in the character "
                                  f"vocabulary ({len(self.chars)} characters)") from None
         pieces = _LINE_END.split(text)
         if len(pieces) == 1:

@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from data.errors import DataError
 from data.lm_tokenizer import TextTokenizer
 
 CACHE_VERSION = "1"
@@ -44,13 +45,13 @@ def read_documents(paths: Sequence[str | Path]) -> list[str]:
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: text file not found")
+            raise DataError(f"{path}: text file not found")
         raw = path.read_bytes()
         try:
             docs.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
             line = raw.count(b"\n", 0, e.start) + 1
-            raise ValueError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start})") from None
+            raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start})") from None
     return docs
 
 
@@ -326,6 +327,8 @@ class TextDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None):
             self.prepare_corpus()
+        elif self.tokenizer is None and self.tokenizer_kind == "gpt2" and self.tokenizer_path:
+            self.tokenizer = TextTokenizer.gpt2(self.tokenizer_path)  # test/predict of an imported GPT-2
 
     # loaders -----------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -15,6 +15,15 @@ SHAKESPEARE = FIXTURES / "tinyshakespeare_head.txt"
 GERMAN = FIXTURES / "multi30k_val_head.de"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def trained_bpe() -> TextTokenizer:
     texts = [SHAKESPEARE.read_text(encoding="utf-8"), GERMAN.read_text(encoding="utf-8")]
@@ -194,7 +203,7 @@ def test_bad_inputs_fail_with_one_clear_message(tmp_path):
     bad.write_bytes(b"fine line\nbroken \xff byte\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: not valid UTF-8"):
         text_mod.read_documents([bad])
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
+    with pytest.raises(ValueError, match="missing.txt: text file not found"):
         text_mod.read_documents([tmp_path / "missing.txt"])
     with pytest.raises(ValueError, match="data.tokenizer: unknown tokenizer 'words'"):
         TextDataModule(train_files=[str(SHAKESPEARE)], tokenizer="words", cache_dir=str(tmp_path)).setup("fit")

@@ -1,0 +1,316 @@
+"""Decoder-only language modelling over the shared `GPT`: `run.py lm fit|validate|test` and `run.py lm generate`.
+
+The GPT is built in `setup` once the data module knows its tokenizer (vocabulary size), or from a Hugging Face
+GPT-2 directory (`model.init_from`). Checkpoints carry the GPT config and the tokenizer, so `lm test` and
+`lm generate` need nothing but the `.ckpt`.
+
+Training follows nanoGPT: AdamW with decay on matrices only, linear warm-up then cosine decay to
+`min_lr_ratio * lr` at `decay_steps` (default `trainer.max_steps`), gradient clipping (trainer), random-offset
+batches. Validation reports token-weighted mean cross-entropy (`val/loss`) and perplexity, and writes a few
+sampled continuations to `<run dir>/samples.txt` (and wandb, when it logs).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import MeanMetric, SumMetric
+
+from data.lm_tokenizer import TextTokenizer
+from modeling import GPT, GPTConfig
+from modeling.generation import generate
+from tasks.optim import adamw, warmup_schedule
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text generation shared by validation samples and `lm generate`
+# ---------------------------------------------------------------------------------------------------------
+def prompt_ids(tokenizer: TextTokenizer, prompt: str) -> list[int]:
+    """Token ids of `prompt`; an empty prompt starts from the end-of-text token (GPT-2's unconditional start)."""
+    ids = tokenizer.encode(prompt, where="prompt") if prompt else []
+    return ids or [tokenizer.eot_id]
+
+
+@torch.no_grad()
+def generate_ids(model: GPT, ids: list[int], max_new_tokens: int, *, num_samples: int = 1,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """(num_samples, len(ids) + n) ids. `temperature` 0 is greedy. The KV cache is used while the whole sequence
+    fits the model's context; longer outputs re-read the last `block_size` tokens at each step."""
+    block = model.config.block_size
+    ids = ids[-block:]
+    device = next(model.parameters()).device
+    x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        return generate(model, x, max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+                        top_k=top_k, top_p=top_p, generator=generator, on_token=on_token,
+                        use_cache=len(ids) + max_new_tokens <= block, max_context=block)
+    finally:
+        model.train(was_training)
+
+
+class TextStreamer:
+    """`on_token` callback printing decoded text as it comes. Byte-level BPE tokens may end inside a UTF-8
+    character; text ending in the replacement character is held back until the next token completes it."""
+
+    def __init__(self, tokenizer: TextTokenizer, out=None):
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def __call__(self, next_ids: torch.Tensor) -> None:
+        self.ids.append(int(next_ids[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        self.out.write(text[self.printed:])
+        self.out.flush()
+        self.printed = len(text)
+
+    def finish(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        self.out.write(text[self.printed:] + "\n")
+        self.out.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LightningModule
+# ---------------------------------------------------------------------------------------------------------
+class LMTask(pl.LightningModule):
+    """GPT language model.
+
+    Args:
+        num_layers, num_heads, hidden_size, dropout, bias: the GPT's shape (ignored with `init_from`).
+        context_size: the GPT's number of positions (its block_size); default the data's `block_size`.
+        init_from: a Hugging Face GPT-2 directory to start from (its tokenizer must be the data's).
+        lr, weight_decay, betas, eps: AdamW (decay on matrices only); `fused_adamw` None = fused where available.
+        warmup_steps, schedule, min_lr_ratio, decay_steps: warm-up then `schedule` ("cosine", "linear",
+            "constant") to `min_lr_ratio * lr` at `decay_steps` optimizer steps (default `trainer.max_steps`).
+        compile: `torch.compile` the training loss.
+        num_samples, sample_tokens, sample_prompt, sample_temperature, sample_top_k: the continuations
+            sampled and logged after each validation (0 samples: none).
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(self, num_layers: int = 4, num_heads: int = 4, hidden_size: int = 128,
+                 context_size: int | None = None, dropout: float = 0.0, bias: bool = True,
+                 init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
+                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, fused_adamw: bool | None = None,
+                 warmup_steps: int = 100, schedule: str = "cosine", min_lr_ratio: float = 0.1,
+                 decay_steps: int | None = None, compile: bool = False, num_samples: int = 1,
+                 sample_tokens: int = 100, sample_prompt: str = "\n", sample_temperature: float = 0.8,
+                 sample_top_k: int | None = 200, sample_seed: int = 1234):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: GPT | None = None
+        self.tokenizer: TextTokenizer | None = None
+        self._loss = None
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.test_tokens = SumMetric()
+
+    # model construction ------------------------------------------------------------------------------------
+    def _set_model(self, model: GPT, tokenizer: TextTokenizer) -> None:
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise ValueError(f"model vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                             f"({tokenizer.vocab_size})")
+        self.model, self.tokenizer = model, tokenizer
+        self._loss = torch.compile(model.loss) if self.hparams.compile else model.loss
+        dm = self._datamodule()
+        if dm is not None:
+            if hasattr(dm, "use_tokenizer"):
+                dm.use_tokenizer(tokenizer)
+            if getattr(dm, "block_size", 0) > model.config.block_size:
+                raise ValueError(f"data.block_size {dm.block_size} is longer than the model's context "
+                                 f"({model.config.block_size}); pass --data.block_size {model.config.block_size}")
+
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def setup(self, stage: str) -> None:
+        if self.model is not None:
+            return
+        dm = self._datamodule()
+        tokenizer = getattr(dm, "tokenizer", None)
+        if tokenizer is None:
+            return  # comes with the checkpoint (on_load_checkpoint)
+        h = self.hparams
+        if h.init_from:
+            from modeling.hf import load_gpt2
+            model = load_gpt2(h.init_from)
+        else:
+            config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=h.context_size or dm.block_size,
+                               num_layers=h.num_layers, num_heads=h.num_heads, hidden_size=h.hidden_size,
+                               dropout=h.dropout, bias=h.bias)
+            model = GPT(config)
+        self._set_model(model, tokenizer)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lm"] = {"gpt_config": dataclasses.asdict(self.model.config),
+                            "tokenizer": self.tokenizer.to_str()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "lm" not in checkpoint:
+            raise ValueError("checkpoint has no 'lm' entry (GPT config and tokenizer): not an lm checkpoint")
+        lm = checkpoint["lm"]
+        self._set_model(GPT(GPTConfig(**lm["gpt_config"])), TextTokenizer.from_str(lm["tokenizer"]))
+
+    def _require_model(self) -> GPT:
+        if self.model is None:
+            raise ValueError("no model: give training files (data.train_files), model.init_from, or --ckpt_path")
+        return self.model
+
+    # training ----------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        model = self._require_model()
+        total = h.decay_steps or self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("lm: training streams random blocks; set trainer.max_steps (or model.decay_steps)")
+        optimizer = adamw(model, h.lr, h.weight_decay, tuple(h.betas), h.eps, fused=h.fused_adamw)
+        scheduler = warmup_schedule(optimizer, h.warmup_steps, total, h.schedule, h.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self._train_start = (time.perf_counter(), self.global_step)
+
+    def on_train_end(self) -> None:
+        """Write <run dir>/timing.json: optimizer steps, seconds in the training loop (validation included) and
+        steps per second, for benchmarks."""
+        start, first_step = self._train_start
+        seconds = time.perf_counter() - start
+        steps = self.global_step - first_step
+        if self.trainer.global_rank == 0:
+            path = Path(self.trainer.default_root_dir) / "timing.json"
+            path.write_text(json.dumps({"steps": steps, "train_loop_s": round(seconds, 3),
+                                        "steps_per_s": round(steps / seconds, 3) if seconds else None}) + "\n")
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch["input_ids"], batch["targets"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # evaluation --------------------------------------------------------------------------------------------
+    def _scored_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = batch["targets"]
+        return self._require_model().loss(batch["input_ids"], targets), (targets != -100).sum()
+
+    def validation_step(self, batch, batch_idx):
+        loss, n = self._scored_loss(batch)
+        self.val_loss.update(loss, n)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.print(f"step {self.global_step}: val loss {float(loss):.4f}")
+            self._log_samples()
+
+    def test_step(self, batch, batch_idx):
+        loss, n = self._scored_loss(batch)
+        self.test_loss.update(loss, n)
+        self.test_tokens.update(n)
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.test_loss.compute()
+        self.log_dict({"test/loss": loss, "test/ppl": torch.exp(loss), "test/tokens": self.test_tokens.compute()})
+        self.test_loss.reset()
+        self.test_tokens.reset()
+
+    def _log_samples(self) -> None:
+        h = self.hparams
+        if not h.num_samples or self.trainer.global_rank != 0:
+            return
+        ids = prompt_ids(self.tokenizer, h.sample_prompt)
+        out = generate_ids(self.model, ids, h.sample_tokens, num_samples=h.num_samples,
+                           temperature=h.sample_temperature, top_k=h.sample_top_k, seed=h.sample_seed)
+        texts = [self.tokenizer.decode(row.tolist()) for row in out]
+        step = self.global_step
+        path = Path(self.trainer.default_root_dir) / "samples.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for i, text in enumerate(texts):
+                f.write(f"===== step {step} sample {i} =====\n{text}\n")
+        for logger in self.loggers:
+            if hasattr(logger, "log_text"):  # wandb
+                logger.log_text(key="samples", columns=["step", "sample"], data=[[step, t] for t in texts])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `run.py lm generate`
+# ---------------------------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path) -> tuple[GPT, TextTokenizer]:
+    """GPT and tokenizer from a `lm fit` checkpoint (loaded with weights_only=True)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "lm" not in ckpt:
+        raise ValueError(f"{path}: not an lm checkpoint (no 'lm' entry with the GPT config and tokenizer)")
+    model = GPT(GPTConfig(**ckpt["lm"]["gpt_config"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), TextTokenizer.from_str(ckpt["lm"]["tokenizer"])
+
+
+def main_generate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run.py lm generate",
+                                description="Continue a prompt with a trained GPT, streaming tokens as they come.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt_path", help="checkpoint written by `run.py lm fit`")
+    src.add_argument("--hf_dir", help="a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    p.add_argument("--tokenizer_path", help="with --hf_dir: directory of the tokenizer files (default: --hf_dir)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (same as --temperature 0)")
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1337)
+    args = p.parse_args(argv)
+    try:
+        if args.max_new_tokens < 1 or args.num_samples < 1:
+            raise ValueError("--max_new_tokens and --num_samples must be at least 1")
+        if args.top_p is not None and not 0 < args.top_p <= 1:
+            raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
+        if args.top_k is not None and args.top_k < 1:
+            raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
+        if args.ckpt_path:
+            if not Path(args.ckpt_path).is_file():
+                raise ValueError(f"--ckpt_path {args.ckpt_path}: no such file")
+            model, tokenizer = load_checkpoint(args.ckpt_path)
+        else:
+            from modeling.hf import load_gpt2
+            model = load_gpt2(args.hf_dir).eval()
+            tokenizer = TextTokenizer.gpt2(args.tokenizer_path or args.hf_dir)
+        ids = prompt_ids(tokenizer, args.prompt)
+    except (ValueError, OSError) as e:
+        print(f"run.py lm generate: error: {e}", file=sys.stderr)
+        return 2
+    temperature = 0.0 if args.greedy else args.temperature
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"----- sample {i} -----")
+        sys.stdout.write(args.prompt)
+        streamer = TextStreamer(tokenizer)
+        generate_ids(model, ids, args.max_new_tokens, temperature=temperature, top_k=args.top_k, top_p=args.top_p,
+                     seed=args.seed + i, on_token=streamer)
+        streamer.finish()
+    return 0
+
+
+VERBS = {"generate": main_generate}
