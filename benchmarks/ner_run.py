@@ -1,0 +1,100 @@
+"""Our ner run on CoNLL-2003 (issue 4): `run.py ner fit` then `run.py ner test` with the kept checkpoint.
+
+Wall time covers both (data reading, model loading, training, dev and test scoring), like the baseline's
+(benchmarks/ner_hf_baseline.py, whose latest recorded numbers are the baseline here). Records dev and test
+entity F1. It also writes tests/fixtures/conll_valid.pred: the trained model's tags for the dev sentences in
+tests/fixtures/conll_valid.txt, the "real predictions" test_ner_metric.py compares with seqeval.
+
+    flock /tmp/heavy.lock python benchmarks/ner_run.py                 # configs/ner/conll_minilm.yaml
+    python benchmarks/ner_run.py --config X.yaml -- --trainer.max_epochs 1 ...   # extra overrides: not recorded
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import run  # noqa: E402
+from benchmarks.record import RESULTS_JSONL, record  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "conll_valid.txt"
+
+
+def latest(config: str, metric: str) -> dict | None:
+    rows = [json.loads(x) for x in RESULTS_JSONL.read_text().splitlines() if x.strip()] \
+        if RESULTS_JSONL.exists() else []
+    rows = [r for r in rows if r["task"] == "ner" and r["config"] == config and r["metric"] == metric]
+    return rows[-1] if rows else None
+
+
+def write_prediction_fixture(checkpoint: str, out: Path) -> None:
+    from data.conll import CoNLLDataModule, words_to_tags
+    from tasks.ner import NERTask
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = NERTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    data_hp = ckpt.get("datamodule_hyper_parameters", {})
+    dm = CoNLLDataModule(val_file=str(FIXTURE), context=data_hp.get("context", "sentence"),
+                         max_length=data_hp.get("max_length", 128), eval_stride=data_hp.get("eval_stride"))
+    dm.use_vocabulary(ckpt["tokenizer_json"], model.labels)
+    dm.setup("validate")
+    preds = {}
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            best = model(batch["input_ids"], batch["attention_mask"], batch["casing"]).argmax(-1)
+            for i, row in zip(batch["index"].tolist(), best.tolist()):
+                preds[i] = row
+    tags, _ = words_to_tags(dm.sentences["val"], dm.windows["val"], [preds[i] for i in range(len(preds))],
+                            model.labels)
+    out.write_text("".join(" ".join(t) + "\n" for t in tags))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/ner/conll_minilm.yaml")
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("overrides", nargs="*", help="extra run.py options (after --); the run is then not recorded")
+    args = parser.parse_args()
+    name = Path(args.config).stem
+    run_dir = Path(args.run_dir or f"runs/ner/bench_{name}_{int(time.time())}")
+    common = ["--config", args.config]
+    os.environ.setdefault("WANDB_MODE", "offline")
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    code = run.main(["ner", "fit", *common, "--run_dir", str(run_dir), "--wandb", "false", *args.overrides])
+    if code:
+        sys.exit(code)
+    fit = json.loads((run_dir / "fit_metrics.json").read_text())
+    best = fit.get("best_checkpoint") or fit["last_checkpoint"]
+    code = run.main(["ner", "test", *common, "--ckpt_path", best, "--run_dir", str(run_dir / "test"),
+                     *args.overrides])
+    if code:
+        sys.exit(code)
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    test = json.loads((run_dir / "test" / "test_metrics.json").read_text())
+    dev_f1, test_f1 = fit["metrics"]["val/f1"], test["metrics"]["test/f1"]
+    print(f"{name}: dev F1 {dev_f1:.4f}  test F1 {test_f1:.4f}  wall {wall:.0f}s  cpu {cpu:.0f}s  ({run_dir})")
+    if args.overrides:
+        print("extra overrides given: not recorded")
+        return
+    write_prediction_fixture(best, FIXTURE.with_suffix(".pred"))
+    command = f"flock /tmp/heavy.lock python benchmarks/ner_run.py --config {args.config}"
+    extra = dict(cpu_s=round(cpu, 1), threads=torch.get_num_threads(), load_avg_end=round(os.getloadavg()[0], 2),
+                 run_dir=str(run_dir), per_type={k: v for k, v in test["metrics"].items() if k.startswith("test/f1_")})
+    for metric, value in (("dev_f1", dev_f1), ("test_f1", test_f1)):
+        base = latest("hf_baseline_minilm", metric)
+        record("ner", name, metric, value, wall, command=command,
+               baseline="hf_baseline_minilm (plain transformers loop)" if base else None,
+               baseline_value=base["value"] if base else None,
+               baseline_wall_s=base["wall_s"] if base else None, baseline_cpu_s=base.get("cpu_s") if base else None,
+               **extra)
+
+
+if __name__ == "__main__":
+    main()
