@@ -57,31 +57,29 @@ class TaggerHead(nn.Module):
 
 
 def load_encoder(pretrained: str) -> tuple[BERT, str | None]:
-    """BERT from a Hugging Face directory (or hub name), or the encoder inside one of our .ckpt files.
-    Returns (model, tokenizer string stored in the checkpoint or None)."""
+    """BERT from a Hugging Face directory (or hub name), or the encoder inside one of our .ckpt files (a ner
+    checkpoint: `bert.*` weights; a classify checkpoint: `backbone.*`). Returns (model, the tokenizer stored in
+    the checkpoint or None)."""
     path = Path(pretrained)
-    if path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        hp = ckpt.get("hyper_parameters", {})
-        config = hp.get("bert_config") or hp.get("config")
-        if not isinstance(config, dict):
-            raise ValueError(f"{path}: checkpoint has no BERT config in hyper_parameters (bert_config)")
-        bert = BERT(BertConfig(**{k: v for k, v in config.items() if k in {f.name for f in dataclasses.fields(BertConfig)}}),
-                    pooler=False)
-        state = ckpt["state_dict"]
-        for prefix in ("bert.", "encoder.", "model.bert.", "model."):
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if sub:
-                break
-        else:
-            raise ValueError(f"{path}: no encoder weights (keys starting with bert. or encoder.) in state_dict")
-        own = bert.state_dict()
-        missing = [k for k in own if k not in sub]
-        if [k for k in missing if not k.startswith("pooler")]:
-            raise ValueError(f"{path}: encoder weights missing: {', '.join(missing[:5])}")
-        bert.load_state_dict({k: v for k, v in sub.items() if k in own}, strict=False)
-        return bert, ckpt.get("tokenizer_json")
-    return load_bert(pretrained, pooler=False), None
+    if not path.is_file():
+        return load_bert(pretrained, pooler=False), None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    config = ckpt.get("backbone_config") or ckpt.get("hyper_parameters", {}).get("bert_config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: no BERT config in this checkpoint (backbone_config or hyper_parameters.bert_config)")
+    fields = {f.name for f in dataclasses.fields(BertConfig)}
+    bert = BERT(BertConfig(**{k: v for k, v in config.items() if k in fields}), pooler=False)
+    for prefix in ("bert.", "backbone."):
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        if state:
+            break
+    else:
+        raise ValueError(f"{path}: no encoder weights (bert.* or backbone.*) in its state_dict")
+    missing = [k for k in bert.state_dict() if k not in state]
+    if missing:
+        raise ValueError(f"{path}: encoder weights missing from the checkpoint: {', '.join(missing[:5])}")
+    bert.load_state_dict({k: v for k, v in state.items() if not k.startswith(("pooler.", "mlm_head.", "nsp_head."))})
+    return bert, ckpt.get("tokenizer_json")
 
 
 class NERTask(pl.LightningModule):
@@ -118,7 +116,7 @@ class NERTask(pl.LightningModule):
             if not pretrained:
                 raise ValueError("ner: model.pretrained is required (a BERT directory or .ckpt)")
             self.bert, ckpt_tokenizer = load_encoder(pretrained)
-            if casing:
+            if casing and self.bert.embeddings.segment.num_embeddings != len(CASING):
                 self._widen_segments()
             self.hparams.bert_config = dataclasses.asdict(self.bert.config)
             self.tokenizer_json = ckpt_tokenizer

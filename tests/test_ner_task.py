@@ -126,3 +126,12 @@ def test_feature_mode_freezes_the_encoder(tmp_path, layers):
     assert all(p.grad is not None for p in task.head.parameters())
     want = 4 * 32 if layers == "concat_last_four" else 32
     assert task.head.lstm.input_size == want
+
+
+def test_fine_tune_from_our_own_checkpoint(trained, tmp_path):
+    """model.pretrained may be one of our .ckpt files: its encoder weights and tokenizer are reused."""
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    task = NERTask(pretrained=str(ckpt), labels=["O", "B-PER", "I-PER"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(task.bert.embeddings.token.weight, state["bert.embeddings.token.weight"])
+    assert task.tokenizer_json and "[CLS]" in task.tokenizer_json
