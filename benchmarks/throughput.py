@@ -221,10 +221,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a smoke test; records nothing")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--gen-repeat", type=int, default=3)
+    parser.add_argument("--gen-repeat", type=int, default=2)
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.repeat, args.new_tokens, args.gen_repeat = 1, 2, 16, 1
