@@ -7,6 +7,8 @@ tests/fixtures/conll_valid.txt, the "real predictions" test_ner_metric.py compar
 
     flock /tmp/heavy.lock python benchmarks/ner_run.py                 # configs/ner/conll_minilm.yaml
     python benchmarks/ner_run.py --config X.yaml -- --trainer.max_epochs 1 ...   # extra overrides: not recorded
+    python benchmarks/ner_run.py --record-again runs/ner/bench_...   # record a finished run again, against the
+                                                                       # baseline recorded since (bench.json)
 """
 from __future__ import annotations
 
@@ -59,8 +61,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/ner/conll_minilm.yaml")
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--record-again", default=None, help="a finished run directory (its bench.json)")
     parser.add_argument("overrides", nargs="*", help="extra run.py options (after --); the run is then not recorded")
     args = parser.parse_args()
+    if args.record_again:
+        bench = json.loads((Path(args.record_again) / "bench.json").read_text())
+        record_run(**bench)
+        return
     name = Path(args.config).stem
     run_dir = Path(args.run_dir or f"runs/ner/bench_{name}_{int(time.time())}")
     common = ["--config", args.config]
@@ -84,9 +91,16 @@ def main() -> None:
         print("extra overrides given: not recorded")
         return
     write_prediction_fixture(best, FIXTURE.with_suffix(".pred"))
-    command = f"flock /tmp/heavy.lock python benchmarks/ner_run.py --config {args.config}"
-    extra = dict(cpu_s=round(cpu, 1), threads=torch.get_num_threads(), load_avg_end=round(os.getloadavg()[0], 2),
-                 run_dir=str(run_dir), per_type={k: v for k, v in test["metrics"].items() if k.startswith("test/f1_")})
+    bench = dict(name=name, config=args.config, dev_f1=dev_f1, test_f1=test_f1, wall=wall, cpu=cpu,
+                 run_dir=str(run_dir), load_avg_end=round(os.getloadavg()[0], 2), threads=torch.get_num_threads(),
+                 per_type={k: v for k, v in test["metrics"].items() if k.startswith("test/f1_")})
+    (run_dir / "bench.json").write_text(json.dumps(bench, indent=1) + "\n")
+    record_run(**bench)
+
+
+def record_run(name, config, dev_f1, test_f1, wall, cpu, run_dir, load_avg_end, threads, per_type) -> None:
+    command = f"flock /tmp/heavy.lock python benchmarks/ner_run.py --config {config}"
+    extra = dict(cpu_s=round(cpu, 1), threads=threads, load_avg_end=load_avg_end, run_dir=run_dir, per_type=per_type)
     for metric, value in (("dev_f1", dev_f1), ("test_f1", test_f1)):
         base = latest("hf_baseline_minilm", metric)
         record("ner", name, metric, value, wall, command=command,
