@@ -446,7 +446,10 @@ class CoNLLDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         windows = self._windows("train")
         h = self.hparams
-        if h.length_grouped:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        # several processes: a plain shuffled loader, which Lightning shards with a DistributedSampler (document
+        # windows are nearly all full length, so grouping by length matters little there)
+        if h.length_grouped and not distributed:
             sampler = LengthGroupedSampler([len(w.input_ids) for w in windows], h.batch_size, seed=h.seed)
             return DataLoader(WindowDataset(windows), batch_sampler=sampler, collate_fn=collate,
                               num_workers=h.num_workers)
