@@ -325,6 +325,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.global_rank != 0:
             return
         tmp = path.with_name(path.name + ".tmp")
+        datasets.disable_progress_bars()
         datasets.Dataset.from_dict(columns).save_to_disk(str(tmp))
         tmp.rename(path) if not path.exists() else None
 

@@ -122,3 +122,21 @@ def test_ddp_two_processes_give_the_same_validation_metric_as_one(tmp_path):
     # 33 examples: accuracy is k/33 for an integer k (a repeated example would break that)
     k = ddp["metrics"]["val/accuracy"] * 33
     assert abs(k - round(k)) < 1e-4
+
+
+def test_regression_on_sentence_pairs(tmp_path):
+    """STS-B style: float targets, MSE loss, Pearson / Spearman; JSON-lines input with a pair column."""
+    rows = [("a man is playing a guitar", "a man plays the guitar", 4.8), ("a dog runs", "a cat sleeps", 0.4),
+            ("the film was great", "the movie was very good", 4.1), ("rain today", "sunny all week", 0.9),
+            ("kids play football", "children are playing soccer", 4.4), ("he cooks", "she drives a car", 0.2)] * 4
+    path = tmp_path / "sts.jsonl"
+    path.write_text("".join(json.dumps({"s1": a, "s2": b, "score": y}) + "\n" for a, b, y in rows))
+    run_dir = tmp_path / "run"
+    args = tiny_args(run_dir, "--data.text_column", "s1", "--data.text_pair_column", "s2", "--data.label_column",
+                     "score", "--data.regression", "true", "--data.labels", "null", "--model.metric", "spearman",
+                     "--trainer.max_epochs", "1", train=path, val=path)
+    assert run.main(args) == 0
+    metrics = summary(run_dir)["metrics"]
+    assert -1.0 <= metrics["val/pearson"] <= 1.0 and -1.0 <= metrics["val/spearman"] <= 1.0
+    assert "val/accuracy" not in metrics
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["regression"] is True
