@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -187,3 +188,21 @@ def test_generate_from_hugging_face_gpt2_directory(tmp_path, capsys):
     tok = TextTokenizer.gpt2(gpt2_tok)
     expected = generate_ids(model.eval(), tok.encode("Hello"), 8, temperature=1.0, seed=3)[0, 1:].tolist()
     assert first == "Hello" + tok.decode(expected) + "\n"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (FIXTURES.parent.parent / "configs" / "lm").glob("*.yaml")))
+def test_lm_configs_parse(config, capsys):
+    path = FIXTURES.parent.parent / "configs" / "lm" / config
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["lm", "fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] > 0
+    if config == "shakespeare_char_cpu.yaml":  # the nanoGPT CPU recipe, exactly
+        m, d, t = printed["model"], printed["data"], printed["trainer"]
+        assert (m["num_layers"], m["num_heads"], m["hidden_size"], m["dropout"], m["bias"]) == (4, 4, 128, 0.0, False)
+        assert (m["lr"], list(m["betas"]), m["weight_decay"], m["warmup_steps"], m["min_lr_ratio"]) == \
+            (1e-3, [0.9, 0.99], 0.1, 100, 0.1)
+        assert (d["block_size"], d["batch_size"], d["val_fraction"], d["val_batches"], d["tokenizer"]) == \
+            (64, 12, 0.1, 20, "char")
+        assert (t["max_steps"], t["val_check_interval"], t["gradient_clip_val"]) == (2000, 250, 1.0)
