@@ -182,7 +182,10 @@ class LMTask(pl.LightningModule):
         total = h.decay_steps or self.trainer.max_steps
         if total is None or total <= 0:
             raise ValueError("lm: training streams random blocks; set trainer.max_steps (or model.decay_steps)")
-        optimizer = adamw(model, h.lr, h.weight_decay, tuple(h.betas), h.eps, fused=h.fused_adamw)
+        fused = h.fused_adamw
+        if fused is None and "mixed" in str(self.trainer.precision):
+            fused = False  # Lightning refuses gradient clipping with a fused optimizer under mixed precision
+        optimizer = adamw(model, h.lr, h.weight_decay, tuple(h.betas), h.eps, fused=fused)
         scheduler = warmup_schedule(optimizer, h.warmup_steps, total, h.schedule, h.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
