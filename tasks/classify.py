@@ -194,6 +194,14 @@ class ClassificationTask(pl.LightningModule):
         return rows
 
     # ---- optimisation -----------------------------------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning refuses to clip a fused optimizer's gradients under any mixed precision, because fp16's
+        loss scaler would have to unscale them first. bf16 autocast has no scaler: clip directly."""
+        if gradient_clip_val and self.trainer.precision == "bf16-mixed" and gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = adamw(self, lr=hp.lr, weight_decay=hp.weight_decay)
