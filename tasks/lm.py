@@ -100,6 +100,8 @@ class LMTask(pl.LightningModule):
         warmup_steps, schedule, min_lr_ratio, decay_steps: warm-up then `schedule` ("cosine", "linear",
             "constant") to `min_lr_ratio * lr` at `decay_steps` optimizer steps (default `trainer.max_steps`).
         compile: `torch.compile` the training loss.
+        flush_denormal: on CPU, flush denormal floats to zero (they make float math many times slower and appear
+            as a trained model grows confident, e.g. tiny softmax probabilities).
         num_samples, sample_tokens, sample_prompt, sample_temperature, sample_top_k: the continuations
             sampled and logged after each validation (0 samples: none).
     """
@@ -112,7 +114,8 @@ class LMTask(pl.LightningModule):
                  init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, fused_adamw: bool | None = None,
                  warmup_steps: int = 100, schedule: str = "cosine", min_lr_ratio: float = 0.1,
-                 decay_steps: int | None = None, compile: bool = False, num_samples: int = 1,
+                 decay_steps: int | None = None, compile: bool = False, flush_denormal: bool = True,
+                 num_samples: int = 1,
                  sample_tokens: int = 100, sample_prompt: str = "\n", sample_temperature: float = 0.8,
                  sample_top_k: int | None = 200, sample_seed: int = 1234):
         super().__init__()
@@ -143,6 +146,8 @@ class LMTask(pl.LightningModule):
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
     def setup(self, stage: str) -> None:
+        if self.hparams.flush_denormal:
+            torch.set_flush_denormal(True)
         if self.model is not None:
             return
         dm = self._datamodule()
