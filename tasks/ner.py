@@ -182,6 +182,8 @@ class NERTask(pl.LightningModule):
         if hp.get("labels") and (self.head is None or list(hp["labels"]) != list(self.labels)
                                  or hp.get("tagger") != getattr(self, "_head_kind", None)):
             self._build_head(hp["labels"])
+        if self.hparams.mode == "features":
+            self.bert.requires_grad_(False)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if tokenizer_json:
             self.tokenizer_json = tokenizer_json
