@@ -38,6 +38,11 @@ def latest_record(task: str, config: str) -> dict | None:
 def run_ours(task: str, config: str, metric: str, extra_args: list[str] = (), baseline: dict | None = None,
              run_dir: str | None = None) -> dict:
     """Runs `python run.py classify fit --config <config>` in a fresh process, records the dev metric."""
+    extra_args = list(extra_args)
+    if "--run_dir" in extra_args:
+        i = extra_args.index("--run_dir")
+        run_dir = extra_args[i + 1]
+        del extra_args[i:i + 2]
     run_dir = run_dir or f"runs/bench/{Path(config).stem}"
     cmd = [sys.executable, "run.py", "classify", "fit", "--config", config, "--run_dir", run_dir,
            "--trainer.enable_progress_bar", "false", *extra_args]
