@@ -206,3 +206,14 @@ def test_lm_configs_parse(config, capsys):
         assert (d["block_size"], d["batch_size"], d["val_fraction"], d["val_batches"], d["tokenizer"]) == \
             (64, 12, 0.1, 20, "char")
         assert (t["max_steps"], t["val_check_interval"], t["gradient_clip_val"]) == (2000, 250, 1.0)
+
+
+def test_lm_fit_under_bf16_autocast_with_clipping(tmp_path):
+    rc = run.main(["lm", "fit", "--run_dir", str(tmp_path / "bf16"), "--wandb", "false",
+                   "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "4",
+                   "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false",
+                   "--trainer.enable_model_summary", "false", "--data.val_batches", "2",
+                   "--data.cache_dir", str(tmp_path / "cache"), "--model.num_samples", "0"])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "bf16" / "fit_metrics.json").read_text())["metrics"]
+    assert 0 < metrics["val/loss"] < 5
