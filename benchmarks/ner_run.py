@@ -41,24 +41,8 @@ def latest(config: str, metric: str) -> dict | None:
 
 
 def write_prediction_fixture(checkpoint: str, out: Path) -> None:
-    from data.conll import CoNLLDataModule, words_to_tags
-    from tasks.ner import NERTask
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = NERTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    data_hp = ckpt.get("datamodule_hyper_parameters", {})
-    dm = CoNLLDataModule(val_file=str(FIXTURE), context=data_hp.get("context", "sentence"),
-                         max_length=data_hp.get("max_length", 128), eval_stride=data_hp.get("eval_stride"))
-    dm.use_vocabulary(ckpt["tokenizer_json"], model.labels)
-    dm.setup("validate")
-    preds = {}
-    with torch.no_grad():
-        for batch in dm.val_dataloader():
-            best = model(batch["input_ids"], batch["attention_mask"], batch["casing"]).argmax(-1)
-            for i, row in zip(batch["index"].tolist(), best.tolist()):
-                preds[i] = row
-    tags, _ = words_to_tags(dm.sentences["val"], dm.windows["val"], [preds[i] for i in range(len(preds))],
-                            model.labels)
-    out.write_text("".join(" ".join(t) + "\n" for t in tags))
+    from tasks.ner import tag_conll_file
+    out.write_text("".join(" ".join(t) + "\n" for t in tag_conll_file(checkpoint, FIXTURE)))
 
 
 def main() -> None:

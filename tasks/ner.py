@@ -308,3 +308,27 @@ class NERTask(pl.LightningModule):
         total = self.trainer.estimated_stepping_batches
         scheduler = warmup_schedule(optimizer, int(h.warmup_ratio * total), total, h.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+@torch.no_grad()
+def tag_conll_file(checkpoint: str | Path, path: str | Path) -> list[list[str]]:
+    """One tag per word of every sentence of a CoNLL file, predicted by a ner checkpoint (with its own tokenizer,
+    labels and windowing)."""
+    from data.conll import CoNLLDataModule
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model = NERTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    data_hp = ckpt.get("datamodule_hyper_parameters", {})
+    dm = CoNLLDataModule(val_file=str(path), context=data_hp.get("context", "sentence"),
+                         max_length=data_hp.get("max_length", 128), eval_stride=data_hp.get("eval_stride"),
+                         stride=data_hp.get("stride"))
+    dm.use_vocabulary(ckpt["tokenizer_json"], model.labels)
+    dm.setup("validate")
+    preds: dict[int, list[int]] = {}
+    for batch in dm.val_dataloader():
+        best = model(batch["input_ids"], batch["attention_mask"], batch["casing"]).argmax(-1)
+        for i, row in zip(batch["index"].tolist(), best.tolist()):
+            preds[i] = row
+    tags, _ = words_to_tags(dm.sentences["val"], dm.windows["val"], [preds[i] for i in range(len(preds))],
+                            model.labels)
+    return tags
+

@@ -155,3 +155,21 @@ def test_ddp_fit_validation_equals_one_process(tmp_path):
     assert one["val/f1"] > 0
     for key, value in one.items():
         assert ddp[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_entity_f1_equals_seqeval_on_the_tiny_models_predictions(trained):
+    """Real predictions of a trained model (the tiny one) for the fixture's dev sentences, in both modes."""
+    from seqeval.metrics import f1_score
+    from seqeval.scheme import IOB2
+
+    from data.conll import read_conll
+    from tasks.ner import tag_conll_file
+    from tasks.seqeval_metric import EntityF1
+    gold = [s.tags for s in read_conll(FIXTURES / "conll_valid.txt")]
+    pred = tag_conll_file(trained / "checkpoints" / "last.ckpt", FIXTURES / "conll_valid.txt")
+    assert [len(p) for p in pred] == [len(g) for g in gold] and pred != gold
+    assert any(t != "O" for p in pred for t in p)
+    for strict, kwargs in ((False, {}), (True, {"mode": "strict", "scheme": IOB2})):
+        metric = EntityF1(["LOC", "MISC", "ORG", "PER"], strict=strict)
+        metric.update(pred, gold)
+        assert metric.compute()["f1"] == pytest.approx(f1_score(gold, pred, **kwargs), abs=1e-12)
