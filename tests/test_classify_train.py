@@ -110,7 +110,7 @@ def test_ddp_two_processes_give_the_same_validation_metric_as_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, str(ROOT / "run.py"), *tiny_args(ddp_dir, "--trainer.max_epochs", "1",
            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = summary(ddp_dir)
     single_dir = tmp_path / "single"
