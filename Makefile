@@ -27,8 +27,10 @@ test: setup
 bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/sst2.py --which both
-	$(PY) benchmarks/lm_shakespeare.py
-	$(PY) benchmarks/ner_conll.py --which both
+	$(PY) benchmarks/rte.py
+	$(PY) benchmarks/lm_shakespeare.py --config configs/lm/shakespeare_char_cpu.yaml --record
+	$(PY) benchmarks/lm_shakespeare.py --config configs/lm/shakespeare_char_cpu_tuned.yaml --record
+	PATH="$(abspath $(VENV))/bin:$$PATH" sh benchmarks/ner_chain.sh
 
 clean:
 	rm -rf runs wandb lightning_logs .pytest_cache
