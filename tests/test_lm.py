@@ -18,15 +18,6 @@ from tasks.lm import generate_ids, load_checkpoint, main_generate, prompt_ids
 SHAKESPEARE = FIXTURES / "tinyshakespeare_head.txt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_gpt(vocab_size: int = 40, block_size: int = 32, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, num_layers=2, num_heads=2, hidden_size=32)).eval()

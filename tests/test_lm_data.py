@@ -15,15 +15,6 @@ SHAKESPEARE = FIXTURES / "tinyshakespeare_head.txt"
 GERMAN = FIXTURES / "multi30k_val_head.de"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained_bpe() -> TextTokenizer:
     texts = [SHAKESPEARE.read_text(encoding="utf-8"), GERMAN.read_text(encoding="utf-8")]
