@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import cpu_fast_path as cpu_fast_dropout, dropout
+
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
     """softmax(Q Kᵀ / √d_k) written out, for inspection: (B, H, T, Dh), (B, H, S, Dh) -> (B, H, T, S)."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))                 # (B, H, T, S)
+    scores = (q / math.sqrt(q.size(-1))) @ k.transpose(-2, -1)               # (B, H, T, S)
     if is_causal:
         scores = scores.masked_fill(~causal_mask(q.size(-2), k.size(-2), q.device), float("-inf"))
     if mask is not None:
@@ -27,7 +29,13 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causa
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                                  is_causal: bool = False, dropout_p: float = 0.0) -> Tensor:
-    """softmax(Q Kᵀ / √d_k) V through PyTorch's fused kernels: (B,H,T,Dh),(B,H,S,Dh),(B,H,S,Dh) -> (B,H,T,Dh)."""
+    """softmax(Q Kᵀ / √d_k) V through PyTorch's fused kernels: (B,H,T,Dh),(B,H,S,Dh),(B,H,S,Dh) -> (B,H,T,Dh).
+
+    With dropout on the CPU, PyTorch falls back to an unfused path with a slow Bernoulli sampler; there the same
+    math is written out with our dropout instead (modeling/dropout.py).
+    """
+    if dropout_p > 0.0 and cpu_fast_dropout(q):
+        return dropout(attention_weights(q, k, mask, is_causal), dropout_p) @ v
     if is_causal and mask is not None:                   # fused kernels take one or the other: merge them
         mask = mask & causal_mask(q.size(-2), k.size(-2), q.device)
         is_causal = False

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 def sinusoidal_table(max_len: int, d_model: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """PE(pos, 2k) = sin(pos / 10000^(2k/d)),  PE(pos, 2k+1) = cos(pos / 10000^(2k/d))  -> (max_len, d_model)."""
@@ -37,7 +39,7 @@ class TransformerEmbedding(nn.Module):
         self.token = nn.Embedding(vocab_size, d_model, padding_idx=pad_token_id)
         self.position = SinusoidalPositionalEncoding(d_model, max_len)
         self.scale = math.sqrt(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
         x = self.token(input_ids) * self.scale + self.position(input_ids.size(1), offset)  # (B, T, D)
@@ -54,7 +56,7 @@ class BertEmbeddings(nn.Module):
         self.position = nn.Embedding(max_positions, d_model)
         self.segment = nn.Embedding(type_vocab_size, d_model)
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         T = input_ids.size(1)
@@ -73,7 +75,7 @@ class GPTEmbeddings(nn.Module):
         super().__init__()
         self.token = nn.Embedding(vocab_size, d_model)
         self.position = nn.Embedding(block_size, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
         T = input_ids.size(1)
