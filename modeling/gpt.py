@@ -24,6 +24,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"   # GPT-2's tanh approximation; "gelu" is the exact erf form (nanoGPT's)
     activation_checkpointing: bool = False
 
     @property
@@ -37,7 +38,7 @@ class GPT(nn.Module):
         self.config = c = config
         self.embeddings = GPTEmbeddings(c.vocab_size, c.hidden_size, c.block_size, c.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.dropout, "gelu_tanh",
+            EncoderLayer(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.dropout, c.activation,
                          norm_first=True, eps=c.layer_norm_eps, bias=c.bias, causal=True)
             for _ in range(c.num_layers))
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps, bias=c.bias)
