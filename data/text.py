@@ -153,19 +153,28 @@ def _as_long(a: np.ndarray) -> torch.Tensor:
 
 
 class RandomBlocks(IterableDataset):
-    """Batches of `batch_size` blocks at uniformly random offsets (nanoGPT's `get_batch`), whole batches at once.
+    """Batches of `batch_size` blocks at random offsets, whole batches at once.
+
+    sampling "random": every start uniformly at random, with replacement (nanoGPT's `get_batch`).
+    sampling "shuffled": epochs without replacement: each epoch picks a random phase r < block_size and
+    visits the blocks starting at r, r + block_size, r + 2·block_size, … in a random order, so every token
+    is seen once per epoch before any is seen twice.
 
     `num_batches=None` streams forever (training by steps); otherwise each pass yields `num_batches` fresh
     batches. The generator is seeded once and advances across passes, so successive evaluations draw new
     batches and a rerun with the same seed draws the same ones.
     """
 
+    SAMPLING = ("random", "shuffled")
+
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 num_batches: int | None = None):
+                 num_batches: int | None = None, sampling: str = "random"):
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1")
+        if sampling not in self.SAMPLING:
+            raise ValueError(f"sampling {sampling!r} is not one of {self.SAMPLING}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.num_batches, self.seed = num_batches, seed
+        self.num_batches, self.seed, self.sampling = num_batches, seed, sampling
         self.rng = np.random.default_rng(seed)
         self._offsets = np.arange(block_size + 1)
 
@@ -179,13 +188,28 @@ class RandomBlocks(IterableDataset):
         info = torch.utils.data.get_worker_info()
         if info is not None:  # each worker its own stream
             rng = np.random.default_rng([self.seed, info.id])
-        high = len(self.tokens) - self.block_size  # starts 0 .. n - block_size - 1, as nanoGPT
+        starts_stream = self._random_starts(rng) if self.sampling == "random" else self._shuffled_starts(rng)
         i = 0
         while self.num_batches is None or i < self.num_batches:
-            starts = rng.integers(0, high, self.batch_size)
+            starts = next(starts_stream)
             chunk = _as_long(self.tokens[starts[:, None] + self._offsets])
             yield {"input_ids": chunk[:, :-1], "targets": chunk[:, 1:]}
             i += 1
+
+    def _random_starts(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        high = len(self.tokens) - self.block_size  # starts 0 .. n - block_size - 1, as nanoGPT
+        while True:
+            yield rng.integers(0, high, self.batch_size)
+
+    def _shuffled_starts(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        pending = np.empty(0, dtype=np.int64)
+        while True:
+            while len(pending) < self.batch_size:    # next epoch: new phase, new order
+                phase = int(rng.integers(0, self.block_size))
+                epoch = np.arange(phase, len(self.tokens) - self.block_size, self.block_size)
+                pending = np.concatenate([pending, rng.permutation(epoch)])
+            yield pending[:self.batch_size]
+            pending = pending[self.batch_size:]
 
 
 class Blocks(Dataset):
@@ -261,6 +285,8 @@ class TextDataModule(pl.LightningDataModule):
             then wins (set by the task through `use_tokenizer`).
         val_batches: evaluate on this many random batches per validation, as nanoGPT's `estimate_loss`
             (`eval_iters`); 0 evaluates the whole validation split, every token once.
+        train_sampling: "random" (uniform random offsets, nanoGPT's) or "shuffled" (epochs without
+            replacement at a random phase); see `RandomBlocks`.
         seed: seeds the training stream and the validation draws.
     """
 
@@ -268,7 +294,7 @@ class TextDataModule(pl.LightningDataModule):
                  tokenizer: str = "char", tokenizer_path: str | None = None, bpe_vocab_size: int = 4096,
                  block_size: int = 64, batch_size: int = 12, val_fraction: float = 0.1, val_batches: int = 20,
                  eval_batch_size: int | None = None, test_stride: int | None = None, seed: int = 1337,
-                 cache_dir: str | None = None, num_workers: int = 0):
+                 train_sampling: str = "random", cache_dir: str | None = None, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files or [])
@@ -278,6 +304,9 @@ class TextDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction, self.val_batches, self.test_stride = val_fraction, val_batches, test_stride
         self.seed, self.num_workers = seed, num_workers
+        if train_sampling not in RandomBlocks.SAMPLING:
+            raise ValueError(f"data.train_sampling: {train_sampling!r} is not one of {RandomBlocks.SAMPLING}")
+        self.train_sampling = train_sampling
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.tokenizer: TextTokenizer | None = None
         self.splits: dict[str, np.ndarray] = {}
@@ -333,7 +362,8 @@ class TextDataModule(pl.LightningDataModule):
     # loaders -----------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         self.prepare_corpus()
-        ds = RandomBlocks(self.splits["train"], self.block_size, self.batch_size, seed=self.seed)
+        ds = RandomBlocks(self.splits["train"], self.block_size, self.batch_size, seed=self.seed,
+                          sampling=self.train_sampling)
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
