@@ -158,6 +158,22 @@ def test_random_blocks_are_contiguous_windows_of_one_split():
     assert not torch.equal(pass1[0], next(iter(a))["input_ids"])
 
 
+def test_shuffled_blocks_visit_every_block_of_an_epoch_once_before_repeating():
+    split = np.arange(10_000, 10_000 + 1003, dtype=np.uint32)
+    block, batch = 10, 7
+    ds = RandomBlocks(split, block_size=block, batch_size=batch, seed=1, num_batches=3 * 100 // batch,
+                      sampling="shuffled")
+    starts = [int(s) - 10_000 for b in ds for s in b["input_ids"][:, 0]]
+    epoch = (len(split) - block) // block                        # at least 99 blocks per epoch, whatever the phase
+    first = starts[:epoch - epoch % batch]                       # whole batches inside the first epoch
+    assert len(set(first)) == len(first)                         # no block twice within an epoch
+    assert len({s % block for s in first}) == 1                  # one phase per epoch
+    for b in ds:                                                 # contiguous windows inside the split
+        assert (b["targets"] == b["input_ids"] + 1).all() and b["targets"].max() <= 10_000 + 1002
+    with pytest.raises(ValueError, match="sampling"):
+        RandomBlocks(split, block, batch, seed=0, sampling="sorted")
+
+
 @pytest.mark.parametrize("n_tokens,block,stride", [(100, 16, 1), (100, 16, 5), (100, 16, 16), (10, 16, 8),
                                                    (17, 16, 4), (2, 4, 2)])
 def test_sliding_windows_score_every_token_once_with_full_context(n_tokens, block, stride):
