@@ -13,8 +13,6 @@ from the checkpoint instead (`on_load_checkpoint`), so `predict` needs nothing b
 from __future__ import annotations
 
 import dataclasses
-import logging
-from pathlib import Path
 from typing import Literal, Optional
 
 import pytorch_lightning as pl
@@ -23,32 +21,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from modeling import BERT, BertConfig
-from modeling.hf import load_bert
+from tasks.encoders import load_bert_encoder
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, glue_metrics
 from tasks.optim import adamw, warmup_schedule
 
-log = logging.getLogger(__name__)
-
 
 def load_backbone(pretrained: Optional[str], backbone: Optional[dict], vocab_size: Optional[int] = None) -> BERT:
-    """A BERT from a HF directory / hub name, from the `backbone.*` weights of one of our .ckpt files, or new."""
+    """A BERT from a HF directory / hub name, from the encoder inside one of our .ckpt files, or new."""
     if pretrained and backbone:
         raise ValueError("set model.pretrained or model.backbone, not both")
-    if pretrained and pretrained.endswith(".ckpt"):
-        path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found (model.pretrained)")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if "backbone_config" not in ckpt:
-            raise ValueError(f"{path}: no backbone_config in this checkpoint (not a BERT task checkpoint)")
-        model = BERT(BertConfig(**ckpt["backbone_config"]), pooler=True)
-        state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys:
-            log.warning("%s: initialised (not in checkpoint): %s", path, ", ".join(result.missing_keys))
-        return model
     if pretrained:
-        return load_bert(pretrained, pooler=True)
+        return load_bert_encoder(pretrained, pooler=True)[0]
     if not backbone:
         raise ValueError("set model.pretrained (a checkpoint) or model.backbone (BertConfig fields, from scratch)")
     config = dict(backbone)

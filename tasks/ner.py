@@ -24,7 +24,7 @@ from data.conll import CASING, IGNORE, entities_json, words_to_tags
 from data.tokenization import tokenizer_to_str
 from modeling import BERT, BertConfig, combine_layers
 from modeling.bert import combined_width
-from modeling.hf import load_bert
+from tasks.encoders import load_bert_encoder
 from tasks.optim import param_groups, warmup_schedule
 from tasks.seqeval_metric import EntityF1
 
@@ -54,32 +54,6 @@ class TaggerHead(nn.Module):
                 x, _ = self.lstm(x)
             x = self.dropout(x)
         return self.out(x)
-
-
-def load_encoder(pretrained: str) -> tuple[BERT, str | None]:
-    """BERT from a Hugging Face directory (or hub name), or the encoder inside one of our .ckpt files (a ner
-    checkpoint: `bert.*` weights; a classify checkpoint: `backbone.*`). Returns (model, the tokenizer stored in
-    the checkpoint or None)."""
-    path = Path(pretrained)
-    if not path.is_file():
-        return load_bert(pretrained, pooler=False), None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get("backbone_config") or ckpt.get("hyper_parameters", {}).get("bert_config")
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: no BERT config in this checkpoint (backbone_config or hyper_parameters.bert_config)")
-    fields = {f.name for f in dataclasses.fields(BertConfig)}
-    bert = BERT(BertConfig(**{k: v for k, v in config.items() if k in fields}), pooler=False)
-    for prefix in ("bert.", "backbone."):
-        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        if state:
-            break
-    else:
-        raise ValueError(f"{path}: no encoder weights (bert.* or backbone.*) in its state_dict")
-    missing = [k for k in bert.state_dict() if k not in state]
-    if missing:
-        raise ValueError(f"{path}: encoder weights missing from the checkpoint: {', '.join(missing[:5])}")
-    bert.load_state_dict({k: v for k, v in state.items() if not k.startswith(("pooler.", "mlm_head.", "nsp_head."))})
-    return bert, ckpt.get("tokenizer_json")
 
 
 class NERTask(pl.LightningModule):
@@ -115,7 +89,7 @@ class NERTask(pl.LightningModule):
         else:
             if not pretrained:
                 raise ValueError("ner: model.pretrained is required (a BERT directory or .ckpt)")
-            self.bert, ckpt_tokenizer = load_encoder(pretrained)
+            self.bert, ckpt_tokenizer = load_bert_encoder(pretrained, pooler=False)
             if casing and self.bert.embeddings.segment.num_embeddings != len(CASING):
                 self._widen_segments()
             self.hparams.bert_config = dataclasses.asdict(self.bert.config)

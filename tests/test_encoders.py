@@ -1,0 +1,60 @@
+"""tasks/encoders.py: one task starts from another task's checkpoint (classify keeps `backbone.*` with a pooler,
+ner keeps `bert.*` without one)."""
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from modeling import BERT, BertConfig
+from tasks.encoders import load_bert_encoder
+
+CONFIG = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, ffn_size=32, max_positions=32)
+
+
+def _save(path, prefix: str, bert: BERT, config_place: str, drop: tuple[str, ...] = ()):
+    state = {prefix + k: v for k, v in bert.state_dict().items() if not k.startswith(drop)}
+    state["head.weight"] = torch.zeros(3, CONFIG.hidden_size)            # the task's own head: not the encoder's
+    ckpt = {"state_dict": state, "tokenizer_json": "{}"}
+    if config_place == "backbone_config":
+        ckpt["backbone_config"] = dataclasses.asdict(bert.config)
+    else:
+        ckpt["hyper_parameters"] = {"bert_config": dataclasses.asdict(bert.config)}
+    torch.save(ckpt, path)
+    return path
+
+
+def _same_weights(a: BERT, b: BERT, skip: str = "pooler.") -> bool:
+    sb = b.state_dict()
+    return all(torch.equal(v, sb[k]) for k, v in a.state_dict().items() if not k.startswith(skip))
+
+
+def test_classify_checkpoint_gives_its_encoder_to_ner(tmp_path):
+    torch.manual_seed(0)
+    source = BERT(CONFIG, pooler=True)
+    path = _save(tmp_path / "classify.ckpt", "backbone.", source, "backbone_config")
+    bert, tokenizer = load_bert_encoder(str(path), pooler=False)
+    assert bert.pooler is None and tokenizer == "{}"
+    assert _same_weights(bert, source)
+
+
+def test_ner_checkpoint_gives_its_encoder_to_classify_and_names_the_new_pooler(tmp_path, caplog):
+    torch.manual_seed(1)
+    source = BERT(CONFIG, pooler=False)
+    path = _save(tmp_path / "ner.ckpt", "bert.", source, "hyper_parameters")
+    with caplog.at_level(logging.WARNING):
+        bert, _ = load_bert_encoder(str(path), pooler=True)
+    assert _same_weights(bert, source)
+    assert "pooler.weight" in caplog.text and "initialised" in caplog.text
+
+
+def test_missing_encoder_weights_or_config_are_errors_naming_the_file(tmp_path):
+    source = BERT(CONFIG, pooler=False)
+    path = _save(tmp_path / "cut.ckpt", "bert.", source, "hyper_parameters", drop=("layers.1.",))
+    with pytest.raises(ValueError, match=r"cut\.ckpt: encoder weights missing.*layers\.1\."):
+        load_bert_encoder(str(path), pooler=False)
+    torch.save({"state_dict": {}}, tmp_path / "empty.ckpt")
+    with pytest.raises(ValueError, match=r"empty\.ckpt: no BERT config"):
+        load_bert_encoder(str(tmp_path / "empty.ckpt"), pooler=False)
+    with pytest.raises(FileNotFoundError, match=r"absent\.ckpt: checkpoint not found"):
+        load_bert_encoder(str(tmp_path / "absent.ckpt"), pooler=False)
