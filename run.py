@@ -316,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001
         from jsonargparse import ArgumentError
-        if isinstance(e, ArgumentError):
+        data_error, config_error = _user_error_classes()
+        if isinstance(e, (ArgumentError, config_error)):
             print(f"run.py {task}: error: {_one_line(e)}", file=sys.stderr)
             return 2
-        data_error = _data_error_class()
-        if data_error is not None and isinstance(e, data_error):
+        if isinstance(e, data_error):
             print(f"run.py {task}: error: {_one_line(e, 1000)}", file=sys.stderr)
             return 1
         raise
@@ -329,13 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
-def _data_error_class():
-    """data.errors.DataError: bad input files are reported as one line (file, row, what is wrong), exit 1."""
-    try:
-        from data.errors import DataError
-    except ImportError:
-        return None
-    return DataError
+def _user_error_classes() -> tuple[type, type]:
+    """data.errors: DataError (a bad input file: one line naming file, row and what is wrong, exit 1) and
+    ConfigError (settings that do not fit together: one line naming the key, exit 2)."""
+    from data.errors import ConfigError, DataError
+    return DataError, ConfigError
 
 
 if __name__ == "__main__":

@@ -7,3 +7,8 @@ before any training starts, so no checkpoint is written.
 
 class DataError(ValueError):
     pass
+
+
+class ConfigError(ValueError):
+    """Settings that do not fit together or do not fit the data (name the key: `model.pooling ...`).
+    run.py prints it as one line and exits with 2, like an unknown key, before any checkpoint is written."""

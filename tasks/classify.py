@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from data.errors import ConfigError
 from modeling import BERT, BertConfig
 from tasks.encoders import load_bert_encoder
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, glue_metrics
@@ -29,15 +30,21 @@ from tasks.optim import adamw, warmup_schedule
 def load_backbone(pretrained: Optional[str], backbone: Optional[dict], vocab_size: Optional[int] = None) -> BERT:
     """A BERT from a HF directory / hub name, from the encoder inside one of our .ckpt files, or new."""
     if pretrained and backbone:
-        raise ValueError("set model.pretrained or model.backbone, not both")
+        raise ConfigError("set model.pretrained or model.backbone, not both")
     if pretrained:
         return load_bert_encoder(pretrained, pooler=True)[0]
     if not backbone:
-        raise ValueError("set model.pretrained (a checkpoint) or model.backbone (BertConfig fields, from scratch)")
+        raise ConfigError("set model.pretrained (a checkpoint) or model.backbone (BertConfig fields, from scratch)")
     config = dict(backbone)
     if vocab_size is not None:
         config.setdefault("vocab_size", vocab_size)
     return BERT(BertConfig(**config), pooler=True)
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of h (B, T, D) over the positions where mask (B, T) is nonzero -> (B, D)."""
+    weights = mask.unsqueeze(-1).to(h.dtype)
+    return (h * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 class ClassificationTask(pl.LightningModule):
@@ -45,7 +52,7 @@ class ClassificationTask(pl.LightningModule):
         self,
         pretrained: Optional[str] = None,
         backbone: Optional[dict] = None,
-        pooling: Literal["cls", "mean"] = "cls",
+        pooling: Literal["cls", "mean", "pair"] = "cls",
         classifier_dropout: Optional[float] = None,
         metric: str = "accuracy",
         lr: float = 5e-5,
@@ -59,7 +66,9 @@ class ClassificationTask(pl.LightningModule):
         Args:
             pretrained: Hugging Face checkpoint directory, hub name (online), or our .ckpt (its BERT weights).
             backbone: BertConfig fields for a model trained from scratch (vocab_size defaults to the tokenizer's).
-            pooling: sentence vector: `cls` (tanh pooler over [CLS]) or `mean` (mean of last layer over tokens).
+            pooling: sentence vector: `cls` (tanh pooler over [CLS]), `mean` (mean of last layer over tokens), or
+                `pair` (sentence pairs: the means u and v of each segment's tokens after joint encoding, compared
+                as [u, v, |u - v|, u * v], the features of Sentence-BERT's classifier).
             classifier_dropout: dropout before the linear head (default: the backbone's dropout).
             metric: the monitored validation metric: accuracy, f1, mcc (classes), pearson, spearman (regression).
             lr, weight_decay: AdamW peak learning rate and decay (not applied to biases and LayerNorm).
@@ -68,7 +77,7 @@ class ClassificationTask(pl.LightningModule):
         """
         super().__init__()
         if metric not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
-            raise ValueError(f"model.metric {metric!r}: choose from {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+            raise ConfigError(f"model.metric {metric!r}: choose from {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
         self.save_hyperparameters()
         self.monitor, self.monitor_mode = f"val/{metric}", "max"
         self.backbone: Optional[BERT] = None
@@ -82,15 +91,16 @@ class ClassificationTask(pl.LightningModule):
         hp = self.hparams
         if regression and hp.metric not in REGRESSION_METRICS or not regression and hp.metric in REGRESSION_METRICS:
             kind = "regression" if regression else "classification"
-            raise ValueError(f"model.metric {hp.metric!r} does not fit {kind} data")
-        if hp.pooling == "mean":
+            raise ConfigError(f"model.metric {hp.metric!r} does not fit {kind} data")
+        if hp.pooling in ("mean", "pair"):
             backbone.pooler = None  # unused: DDP requires every parameter to get a gradient
         self.backbone = backbone
         self.regression = regression
         self.label_names = label_names
         p = backbone.config.dropout if hp.classifier_dropout is None else hp.classifier_dropout
         self.dropout = nn.Dropout(p)
-        self.head = nn.Linear(backbone.config.hidden_size, 1 if regression else num_labels)
+        width = backbone.config.hidden_size * (4 if hp.pooling == "pair" else 1)
+        self.head = nn.Linear(width, 1 if regression else num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         metrics = glue_metrics(num_labels, regression)
@@ -103,11 +113,13 @@ class ClassificationTask(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm.num_labels < 1 or (not dm.hparams.regression and dm.num_labels < 2):
             raise ValueError(f"need at least two labels to classify, got {dm.label_names}")
+        if self.hparams.pooling == "pair" and not dm.hparams.text_pair_column:
+            raise ConfigError("model.pooling pair compares the two sentences of a pair: set data.text_pair_column")
         vocab = dm.tokenizer.get_vocab_size() if dm.tokenizer is not None else None
         self.build(load_backbone(self.hparams.pretrained, self.hparams.backbone, vocab), dm.num_labels,
                    dm.hparams.regression, dm.label_names)
         if vocab is not None and vocab > self.backbone.config.vocab_size:
-            raise ValueError(f"tokenizer has {vocab} tokens but the model's vocabulary has "
+            raise ConfigError(f"tokenizer has {vocab} tokens but the model's vocabulary has "
                              f"{self.backbone.config.vocab_size}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -124,11 +136,15 @@ class ClassificationTask(pl.LightningModule):
     # ---- model ------------------------------------------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
         out = self.backbone(input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+        h = out.last_hidden_state                                                  # (B, T, D)
         if self.hparams.pooling == "mean":
-            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
-            pooled = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
+            pooled = masked_mean(h, attention_mask)                                # (B, D)
+        elif self.hparams.pooling == "pair":
+            u = masked_mean(h, attention_mask * (token_type_ids == 0))            # (B, D) first sentence
+            v = masked_mean(h, attention_mask * (token_type_ids == 1))            # (B, D) second sentence
+            pooled = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)              # (B, 4D)
         else:
-            pooled = out.pooled
+            pooled = out.pooled                                                    # (B, D)
         return self.head(self.dropout(pooled))
 
     def _logits(self, batch) -> torch.Tensor:

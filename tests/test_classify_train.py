@@ -141,3 +141,22 @@ def test_regression_on_sentence_pairs(tmp_path):
     assert -1.0 <= metrics["val/pearson"] <= 1.0 and -1.0 <= metrics["val/spearman"] <= 1.0
     assert "val/accuracy" not in metrics
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["regression"] is True
+
+
+def test_pair_pooling_compares_the_two_segments(tmp_path, capsys):
+    """pooling pair: [u, v, |u - v|, u * v] of the two segments' means after joint encoding (head 4x wide)."""
+    from tasks.classify import masked_mean
+    h = torch.arange(24, dtype=torch.float32).view(1, 4, 6)
+    assert torch.equal(masked_mean(h, torch.tensor([[1, 1, 0, 0]])), h[0, :2].mean(0, keepdim=True))
+    run_dir = tmp_path / "pair"
+    rte = FIXTURES / "rte_dev.tsv"
+    args = tiny_args(run_dir, "--data.text_column", "sentence1", "--data.text_pair_column", "sentence2",
+                     "--model.pooling", "pair", "--trainer.max_epochs", "1", train=rte, val=rte)
+    assert run.main(args) == 0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert state["head.weight"].shape == (2, 4 * 32)
+    assert 0.0 <= summary(run_dir)["metrics"]["val/accuracy"] <= 1.0
+    single = tiny_args(tmp_path / "single", "--model.pooling", "pair")
+    assert run.main(single) == 2
+    assert "data.text_pair_column" in capsys.readouterr().err
+    assert not list((tmp_path / "single").rglob("*.ckpt"))
