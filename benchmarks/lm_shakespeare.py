@@ -44,10 +44,15 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the run (default: torch's)")
     p.add_argument("--run_dir", default=None)
     p.add_argument("--record", action="store_true", help="append the numbers to benchmarks/results.jsonl")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed_everything for the run (model init); recorded as '<config> seed=N'")
     p.add_argument("extra", nargs="*", help="extra `--key value` overrides passed to run.py")
     args = p.parse_args()
     name = Path(args.config).stem
-    run_dir = Path(args.run_dir or ROOT / "runs" / "bench" / name)
+    if args.seed is not None:
+        args.extra = ["--seed_everything", str(args.seed), *args.extra]
+        name = f"{name} seed={args.seed}"
+    run_dir = Path(args.run_dir or ROOT / "runs" / "bench" / name.replace(" seed=", "_seed"))
     if run_dir.exists():
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     env = dict(os.environ, WANDB_MODE="disabled")
