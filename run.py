@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001
         from jsonargparse import ArgumentError
         data_error, config_error = _user_error_classes()
-        if isinstance(e, (ArgumentError, config_error)):
+        if isinstance(e, (ArgumentError, config_error, FileNotFoundError)):   # a setting names a missing file
             print(f"run.py {task}: error: {_one_line(e)}", file=sys.stderr)
             return 2
         if isinstance(e, data_error):
@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_error_classes() -> tuple[type, type]:
     """data.errors: DataError (a bad input file: one line naming file, row and what is wrong, exit 1) and
-    ConfigError (settings that do not fit together: one line naming the key, exit 2)."""
+    ConfigError (settings that do not fit together: one line naming the key, exit 2). A FileNotFoundError
+    (a checkpoint, tokenizer or data path that is not there; its message names the path) is also one line."""
     from data.errors import ConfigError, DataError
     return DataError, ConfigError
 

@@ -17,14 +17,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from data.errors import DataError
+from data.errors import ConfigError, DataError
 from data.lm_tokenizer import TextTokenizer
 
 CACHE_VERSION = "1"
@@ -294,7 +294,7 @@ class TextDataModule(pl.LightningDataModule):
                  tokenizer: str = "char", tokenizer_path: str | None = None, bpe_vocab_size: int = 4096,
                  block_size: int = 64, batch_size: int = 12, val_fraction: float = 0.1, val_batches: int = 20,
                  eval_batch_size: int | None = None, test_stride: int | None = None, seed: int = 1337,
-                 train_sampling: str = "random", cache_dir: str | None = None, num_workers: int = 0):
+                 train_sampling: Literal["random", "shuffled"] = "random", cache_dir: str | None = None, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files or [])
@@ -305,7 +305,7 @@ class TextDataModule(pl.LightningDataModule):
         self.val_fraction, self.val_batches, self.test_stride = val_fraction, val_batches, test_stride
         self.seed, self.num_workers = seed, num_workers
         if train_sampling not in RandomBlocks.SAMPLING:
-            raise ValueError(f"data.train_sampling: {train_sampling!r} is not one of {RandomBlocks.SAMPLING}")
+            raise ConfigError(f"data.train_sampling: {train_sampling!r} is not one of {RandomBlocks.SAMPLING}")
         self.train_sampling = train_sampling
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.tokenizer: TextTokenizer | None = None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from data.errors import ConfigError
 from modeling import BERT, BertConfig
 from modeling.hf import load_bert
 
@@ -29,7 +30,7 @@ def load_bert_encoder(pretrained: str, pooler: bool) -> tuple[BERT, str | None]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     config = ckpt.get("backbone_config") or ckpt.get("hyper_parameters", {}).get("bert_config")
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: no BERT config in this checkpoint (backbone_config or hyper_parameters.bert_config)")
+        raise ConfigError(f"{path}: no BERT config in this checkpoint (backbone_config or hyper_parameters.bert_config)")
     fields = {f.name for f in dataclasses.fields(BertConfig)}
     bert = BERT(BertConfig(**{k: v for k, v in config.items() if k in fields}), pooler=pooler)
     for prefix in _PREFIXES:
@@ -37,13 +38,13 @@ def load_bert_encoder(pretrained: str, pooler: bool) -> tuple[BERT, str | None]:
         if state:
             break
     else:
-        raise ValueError(f"{path}: no encoder weights ({' or '.join(p + '*' for p in _PREFIXES)}) in its state_dict")
+        raise ConfigError(f"{path}: no encoder weights ({' or '.join(p + '*' for p in _PREFIXES)}) in its state_dict")
     wanted = bert.state_dict()
     state = {k: v for k, v in state.items() if k in wanted and not k.startswith(_HEADS)}
     missing = [k for k in wanted if k not in state]
     encoder_missing = [k for k in missing if not k.startswith("pooler.")]
     if encoder_missing:
-        raise ValueError(f"{path}: encoder weights missing from the checkpoint: {', '.join(encoder_missing[:5])}")
+        raise ConfigError(f"{path}: encoder weights missing from the checkpoint: {', '.join(encoder_missing[:5])}")
     if missing:
         log.warning("%s: initialised (not in the checkpoint): %s", path, ", ".join(missing))
     bert.load_state_dict(state, strict=False)

@@ -60,3 +60,15 @@ def test_default_config_trains_on_the_bundled_sample(tmp_path):
     assert "final metrics:" in proc.stderr + proc.stdout
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_missing_checkpoint_or_bad_setting_is_one_line_exit_2(tmp_path, capsys):
+    """A path that is not there, or a value outside a setting's choices: one line naming it, exit code 2."""
+    assert run.main(["classify", "fit", "--model.backbone", "null", "--model.pretrained",
+                     str(tmp_path / "absent.ckpt"), "--wandb", "false", "--run_dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.ckpt: checkpoint not found" in err[0]
+    assert run.main(["lm", "fit", "--data.train_sampling", "sorted", "--wandb", "false",
+                     "--run_dir", str(tmp_path / "b")]) == 2
+    assert "train_sampling" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.ckpt"))
