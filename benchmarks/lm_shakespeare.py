@@ -48,11 +48,12 @@ def main() -> int:
                    help="seed_everything for the run (model init); recorded as '<config> seed=N'")
     p.add_argument("extra", nargs="*", help="extra `--key value` overrides passed to run.py")
     args = p.parse_args()
-    name = Path(args.config).stem
+    name = " ".join([Path(args.config).stem, *args.extra])    # overrides stay in the name: a trial is not the config
     if args.seed is not None:
         args.extra = ["--seed_everything", str(args.seed), *args.extra]
         name = f"{name} seed={args.seed}"
-    run_dir = Path(args.run_dir or ROOT / "runs" / "bench" / name.replace(" seed=", "_seed"))
+    slug = "".join(ch if ch.isalnum() or ch in "._=-" else "_" for ch in name.replace(" seed=", "_seed"))
+    run_dir = Path(args.run_dir or ROOT / "runs" / "bench" / slug)
     if run_dir.exists():
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     env = dict(os.environ, WANDB_MODE="disabled")

@@ -60,7 +60,8 @@ def run_ours(task: str, config: str, metric: str, extra_args: list[str] = (), ba
     value = summary["metrics"][f"val/{metric}"]
     print(f"{task}: dev {metric} {value:.4f}  wall {wall_s:.0f}s  cpu {usage.ru_utime + usage.ru_stime:.0f}s  "
           f"mean load {load:.2f}", flush=True)
-    record(task, Path(config).stem, f"dev_{metric}", value, wall_s, command=shown,
+    label = " ".join([Path(config).stem, *extra_args])   # overrides stay in the name: a trial is never the config
+    record(task, label, f"dev_{metric}", value, wall_s, command=shown,
            baseline=baseline["config"] if baseline else None,
            baseline_value=baseline["value"] if baseline else None,
            baseline_wall_s=baseline["wall_s"] if baseline else None,

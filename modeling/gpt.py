@@ -1,5 +1,6 @@
 """GPT (Radford et al. 2018, 2019): a decoder-only Transformer. Pre-norm blocks of causal self-attention and
-a GELU feed-forward, a final LayerNorm, and a language-model head tied to the token embedding."""
+a GELU feed-forward, a final LayerNorm, and a language-model head tied to the token embedding (GPT-2) or, with
+`tie_embeddings=False`, a matrix of its own."""
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
     activation: str = "gelu_tanh"   # GPT-2's tanh approximation; "gelu" is the exact erf form (nanoGPT's)
     activation_checkpointing: bool = False
+    tie_embeddings: bool = True    # LM head = token embedding matrix (GPT-2); False: a separate (V, D) matrix
 
     @property
     def ffn_size(self) -> int:
@@ -42,6 +44,7 @@ class GPT(nn.Module):
                          norm_first=True, eps=c.layer_norm_eps, bias=c.bias, causal=True)
             for _ in range(c.num_layers))
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps, bias=c.bias)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         self.apply(self._init_weights)
         for layer in self.layers:   # GPT-2: residual projections scaled by 1/√(2·layers)
             for proj in (layer.self_attn.out_proj, layer.ffn.down):
@@ -66,15 +69,20 @@ class GPT(nn.Module):
                        checkpointing=self.config.activation_checkpointing and self.training)
         return self.final_norm(x)
 
+    @property
+    def head_weight(self) -> Tensor:
+        """(V, D) output projection: the token embedding when tied, else the LM head's own matrix."""
+        return self.embeddings.token.weight if self.lm_head is None else self.lm_head.weight
+
     def forward(self, input_ids: Tensor, cache: list[KVCache] | None = None) -> Tensor:
-        """(B, T) -> (B, T, V) next-token logits, from the LM head tied to the token embedding."""
-        return self.hidden(input_ids, cache) @ self.embeddings.token.weight.t()
+        """(B, T) -> (B, T, V) next-token logits."""
+        return self.hidden(input_ids, cache) @ self.head_weight.t()
 
     def loss(self, input_ids: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy of (B, T) `targets` (already shifted: targets[t] follows input_ids[t]; -100 ignored),
         computed chunk by chunk so the (B, T, V) logits never exist all at once."""
         hidden = self.hidden(input_ids)                                            # (B, T, D)
-        return linear_cross_entropy(hidden.flatten(0, 1), self.embeddings.token.weight, targets.reshape(-1),
+        return linear_cross_entropy(hidden.flatten(0, 1), self.head_weight, targets.reshape(-1),
                                     chunk_size=4096)
 
     def new_cache(self, batch_size: int, max_len: int) -> list[KVCache]:

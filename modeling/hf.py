@@ -199,7 +199,8 @@ def gpt_config_from_hf(hf: dict) -> GPTConfig:
         raise ValueError(f"GPT-2 n_inner={hf['n_inner']} is not supported (expected 4 * n_embd)")
     return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], num_layers=hf["n_layer"],
                      num_heads=hf["n_head"], hidden_size=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.1),
-                     bias=True, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=_HF_ACTIVATIONS[act])
+                     bias=True, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=_HF_ACTIVATIONS[act],
+                     tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def gpt_config_to_hf(c: GPTConfig) -> dict:
@@ -208,7 +209,7 @@ def gpt_config_to_hf(c: GPTConfig) -> dict:
             "n_head": c.num_heads, "n_inner": None, "activation_function": _OUR_ACTIVATIONS[c.activation], "resid_pdrop": c.dropout,
             "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "layer_norm_epsilon": c.layer_norm_eps,
             "initializer_range": 0.02, "bos_token_id": c.vocab_size - 1, "eos_token_id": c.vocab_size - 1,
-            "tie_word_embeddings": True}
+            "tie_word_embeddings": c.tie_embeddings}
 
 
 _GPT_NAMES = [("wte.weight", "embeddings.token.weight"), ("wpe.weight", "embeddings.position.weight"),
@@ -220,8 +221,10 @@ _GPT_LAYER_NAMES = [("ln_1", "attn_residual.norm", False), ("attn.c_attn", "self
 _GPT_SKIP = re.compile(r"(attn\.bias|attn\.masked_bias|lm_head\.weight)$")
 
 
-def _gpt_names(num_layers: int) -> list[tuple[str, str, bool]]:
+def _gpt_names(num_layers: int, tied: bool = True) -> list[tuple[str, str, bool]]:
     names = [(a, b, False) for a, b in _GPT_NAMES]
+    if not tied:
+        names.append(("lm_head.weight", "lm_head.weight", False))   # (V, D) in both, outside "transformer."
     for i in range(num_layers):
         for a, b, conv in _GPT_LAYER_NAMES:
             names.append((f"h.{i}.{a}.weight", f"layers.{i}.{b}.weight", conv))
@@ -235,7 +238,7 @@ def load_gpt2(name_or_path: str | Path) -> GPT:
     model = GPT(config)
     hf = {k.removeprefix("transformer."): v for k, v in read_weights(directory).items()}
     ours, used = {}, set()
-    for hf_name, our_name, conv in _gpt_names(config.num_layers):
+    for hf_name, our_name, conv in _gpt_names(config.num_layers, config.tie_embeddings):
         if hf_name in hf:
             ours[our_name] = hf[hf_name].t() if conv else hf[hf_name]
             used.add(hf_name)
@@ -248,7 +251,8 @@ def save_gpt2(model: GPT, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(gpt_config_to_hf(model.config), indent=2))
     ours = model.state_dict()
-    hf = {"transformer." + hf_name: (ours[our_name].t() if conv else ours[our_name]).contiguous()
-          for hf_name, our_name, conv in _gpt_names(model.config.num_layers)}
+    hf = {("" if hf_name.startswith("lm_head.") else "transformer.") + hf_name:
+          (ours[our_name].t() if conv else ours[our_name]).contiguous()
+          for hf_name, our_name, conv in _gpt_names(model.config.num_layers, model.config.tie_embeddings)}
     save_file(hf, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory

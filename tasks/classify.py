@@ -24,7 +24,7 @@ from data.errors import ConfigError
 from modeling import BERT, BertConfig
 from tasks.encoders import load_bert_encoder
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, glue_metrics
-from tasks.optim import adamw, warmup_schedule
+from tasks.optim import layerwise_groups, param_groups, warmup_schedule
 
 
 def load_backbone(pretrained: Optional[str], backbone: Optional[dict], vocab_size: Optional[int] = None) -> BERT:
@@ -61,6 +61,7 @@ class ClassificationTask(pl.LightningModule):
         warmup_steps: Optional[int] = None,
         schedule: Literal["linear", "cosine", "constant"] = "linear",
         min_lr_ratio: float = 0.0,
+        layer_decay: float = 1.0,
     ):
         """
         Args:
@@ -74,10 +75,14 @@ class ClassificationTask(pl.LightningModule):
             lr, weight_decay: AdamW peak learning rate and decay (not applied to biases and LayerNorm).
             warmup_ratio, warmup_steps: linear warm-up length (steps wins over ratio of all steps).
             schedule, min_lr_ratio: decay after warm-up (linear, cosine or constant) and its floor.
+            layer_decay: layer-wise learning-rate decay: the head and top layer train at `lr`, each layer below at
+                `layer_decay` times the one above (1.0: one learning rate for all).
         """
         super().__init__()
         if metric not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
             raise ConfigError(f"model.metric {metric!r}: choose from {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+        if not 0.0 < layer_decay <= 1.0:
+            raise ConfigError(f"model.layer_decay {layer_decay}: must be in (0, 1]")
         self.save_hyperparameters()
         self.monitor, self.monitor_mode = f"val/{metric}", "max"
         self.backbone: Optional[BERT] = None
@@ -203,7 +208,9 @@ class ClassificationTask(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = adamw(self, lr=hp.lr, weight_decay=hp.weight_decay)
+        groups = layerwise_groups(self.backbone, hp.lr, hp.weight_decay, hp.layer_decay)
+        groups += [{**g, "lr": hp.lr} for g in param_groups(self.head, hp.weight_decay, "head") if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, fused=self.device.type in ("cpu", "cuda"))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_ratio * total)
         scheduler = warmup_schedule(optimizer, warmup, total, hp.schedule, hp.min_lr_ratio)

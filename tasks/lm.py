@@ -95,6 +95,7 @@ class LMTask(pl.LightningModule):
     Args:
         num_layers, num_heads, hidden_size, dropout, bias, activation: the GPT's shape (ignored with
             `init_from`); activation "gelu_tanh" (GPT-2's) or "gelu" (exact, nanoGPT's).
+        tie_embeddings: the LM head is the token embedding matrix (GPT-2, nanoGPT); False gives it its own.
         context_size: the GPT's number of positions (its block_size); default the data's `block_size`.
         init_from: a Hugging Face GPT-2 directory to start from (its tokenizer must be the data's).
         lr, weight_decay, betas, eps: AdamW (decay on matrices only); `fused_adamw` None = fused where available.
@@ -112,7 +113,7 @@ class LMTask(pl.LightningModule):
 
     def __init__(self, num_layers: int = 4, num_heads: int = 4, hidden_size: int = 128,
                  context_size: int | None = None, dropout: float = 0.0, bias: bool = True,
-                 activation: str = "gelu_tanh", init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
+                 activation: str = "gelu_tanh", tie_embeddings: bool = True, init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, fused_adamw: bool | None = None,
                  warmup_steps: int = 100, schedule: str = "cosine", min_lr_ratio: float = 0.1,
                  decay_steps: int | None = None, compile: bool = False, flush_denormal: bool = True,
@@ -162,7 +163,8 @@ class LMTask(pl.LightningModule):
         else:
             config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=h.context_size or dm.block_size,
                                num_layers=h.num_layers, num_heads=h.num_heads, hidden_size=h.hidden_size,
-                               dropout=h.dropout, bias=h.bias, activation=h.activation)
+                               dropout=h.dropout, bias=h.bias, activation=h.activation,
+                               tie_embeddings=h.tie_embeddings)
             model = GPT(config)
         self._set_model(model, tokenizer)
 

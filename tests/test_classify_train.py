@@ -160,3 +160,16 @@ def test_pair_pooling_compares_the_two_segments(tmp_path, capsys):
     assert run.main(single) == 2
     assert "data.text_pair_column" in capsys.readouterr().err
     assert not list((tmp_path / "single").rglob("*.ckpt"))
+
+
+def test_layer_decay_gives_lower_layers_smaller_learning_rates(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run.main(tiny_args(run_dir, "--model.layer_decay", "0.5", "--model.lr", "1e-3", "--model.warmup_ratio",
+                              "0", "--model.schedule", "constant", "--trainer.max_epochs", "1")) == 0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    lrs = {g["name"]: g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]}
+    assert lrs["head"] == lrs["layer0"] == pytest.approx(1e-3)      # one layer: the top trains at lr
+    assert lrs["embeddings"] == pytest.approx(5e-4)                 # the embeddings one step below
+    assert lrs["head.no_decay"] == lrs["head"] and lrs["embeddings.no_decay"] == lrs["embeddings"]
+    code = run.main(tiny_args(tmp_path / "bad", "--model.layer_decay", "1.5"))
+    assert code == 2 and not list((tmp_path / "bad").rglob("*.ckpt"))

@@ -90,3 +90,20 @@ def test_gpt_export_loads_back_into_transformers(tmp_path):
     ids = torch.randint(0, 300, (3, 20))
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_untied_gpt_head_round_trips_through_transformers(tmp_path):
+    """tie_embeddings=False: the LM head is its own matrix, exported as lm_head.weight and read back."""
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(vocab_size=300, block_size=32, num_layers=2, num_heads=2, hidden_size=32,
+                         tie_embeddings=False)).eval()
+    assert ours.lm_head is not None and not torch.equal(ours.head_weight, ours.embeddings.token.weight)
+    save_gpt2(ours, tmp_path)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    assert not theirs.config.tie_word_embeddings
+    ids = torch.randint(0, 300, (3, 20))
+    again = load_gpt2(tmp_path).eval()
+    assert again.load_report == {"initialised": [], "ignored": []} and not again.config.tie_embeddings
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(again(ids), ours(ids))
