@@ -6,6 +6,7 @@ lacks is initialised and reported by name, anything the file has that we do not 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -168,9 +169,14 @@ def bert_state_to_hf(model: BERT) -> dict[str, Tensor]:
     return hf
 
 
-def load_bert(name_or_path: str | Path, pooler: bool = True, pretraining_heads: bool = False) -> BERT:
+def load_bert(name_or_path: str | Path, pooler: bool = True, pretraining_heads: bool = False,
+              dropout: float | None = None) -> BERT:
+    """Our BERT from a Hugging Face directory or hub name. `dropout` (if given) replaces the checkpoint's hidden
+    and attention dropout probabilities, which fine-tuning recipes choose on their own."""
     directory = resolve_checkpoint_dir(name_or_path)
     config = bert_config_from_hf(read_config(directory))
+    if dropout is not None:
+        config = dataclasses.replace(config, dropout=dropout, attention_dropout=dropout)
     model = BERT(config, pooler=pooler, pretraining_heads=pretraining_heads)
     ours, ignored = bert_state_from_hf(read_weights(directory), config.num_layers)
     if not pooler:

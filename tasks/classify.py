@@ -27,17 +27,21 @@ from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, glue_metri
 from tasks.optim import layerwise_groups, param_groups, warmup_schedule
 
 
-def load_backbone(pretrained: Optional[str], backbone: Optional[dict], vocab_size: Optional[int] = None) -> BERT:
-    """A BERT from a HF directory / hub name, from the encoder inside one of our .ckpt files, or new."""
+def load_backbone(pretrained: Optional[str], backbone: Optional[dict], vocab_size: Optional[int] = None,
+                  dropout: Optional[float] = None) -> BERT:
+    """A BERT from a HF directory / hub name, from the encoder inside one of our .ckpt files, or new. `dropout`, if
+    given, sets its hidden and attention dropout."""
     if pretrained and backbone:
         raise ConfigError("set model.pretrained or model.backbone, not both")
     if pretrained:
-        return load_bert_encoder(pretrained, pooler=True)[0]
+        return load_bert_encoder(pretrained, pooler=True, dropout=dropout)[0]
     if not backbone:
         raise ConfigError("set model.pretrained (a checkpoint) or model.backbone (BertConfig fields, from scratch)")
     config = dict(backbone)
     if vocab_size is not None:
         config.setdefault("vocab_size", vocab_size)
+    if dropout is not None:
+        config.update(dropout=dropout, attention_dropout=dropout)
     return BERT(BertConfig(**config), pooler=True)
 
 
@@ -54,6 +58,7 @@ class ClassificationTask(pl.LightningModule):
         backbone: Optional[dict] = None,
         pooling: Literal["cls", "mean", "pair"] = "cls",
         classifier_dropout: Optional[float] = None,
+        backbone_dropout: Optional[float] = None,
         metric: str = "accuracy",
         lr: float = 5e-5,
         weight_decay: float = 0.01,
@@ -71,6 +76,7 @@ class ClassificationTask(pl.LightningModule):
                 `pair` (sentence pairs: the means u and v of each segment's tokens after joint encoding, compared
                 as [u, v, |u - v|, u * v], the features of Sentence-BERT's classifier).
             classifier_dropout: dropout before the linear head (default: the backbone's dropout).
+            backbone_dropout: hidden and attention dropout inside the encoder (default: the checkpoint's).
             metric: the monitored validation metric: accuracy, f1, mcc (classes), pearson, spearman (regression).
             lr, weight_decay: AdamW peak learning rate and decay (not applied to biases and LayerNorm).
             warmup_ratio, warmup_steps: linear warm-up length (steps wins over ratio of all steps).
@@ -81,6 +87,9 @@ class ClassificationTask(pl.LightningModule):
         super().__init__()
         if metric not in CLASSIFICATION_METRICS + REGRESSION_METRICS:
             raise ConfigError(f"model.metric {metric!r}: choose from {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+        for key, p in (("classifier_dropout", classifier_dropout), ("backbone_dropout", backbone_dropout)):
+            if p is not None and not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.{key} {p}: must be in [0, 1)")
         if not 0.0 < layer_decay <= 1.0:
             raise ConfigError(f"model.layer_decay {layer_decay}: must be in (0, 1]")
         self.save_hyperparameters()
@@ -121,8 +130,8 @@ class ClassificationTask(pl.LightningModule):
         if self.hparams.pooling == "pair" and not dm.hparams.text_pair_column:
             raise ConfigError("model.pooling pair compares the two sentences of a pair: set data.text_pair_column")
         vocab = dm.tokenizer.get_vocab_size() if dm.tokenizer is not None else None
-        self.build(load_backbone(self.hparams.pretrained, self.hparams.backbone, vocab), dm.num_labels,
-                   dm.hparams.regression, dm.label_names)
+        self.build(load_backbone(self.hparams.pretrained, self.hparams.backbone, vocab, self.hparams.backbone_dropout),
+                   dm.num_labels, dm.hparams.regression, dm.label_names)
         if vocab is not None and vocab > self.backbone.config.vocab_size:
             raise ConfigError(f"tokenizer has {vocab} tokens but the model's vocabulary has "
                              f"{self.backbone.config.vocab_size}")

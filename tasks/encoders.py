@@ -19,12 +19,13 @@ _PREFIXES = ("backbone.", "bert.")
 _HEADS = ("mlm_head.", "nsp_head.")
 
 
-def load_bert_encoder(pretrained: str, pooler: bool) -> tuple[BERT, str | None]:
+def load_bert_encoder(pretrained: str, pooler: bool, dropout: float | None = None) -> tuple[BERT, str | None]:
     """(BERT, the tokenizer JSON stored in the checkpoint or None). Encoder weights missing from a checkpoint are
-    an error; a missing pooler (a ner checkpoint has none) is initialised and named in a warning."""
+    an error; a missing pooler (a ner checkpoint has none) is initialised and named in a warning. `dropout`, if
+    given, replaces the checkpoint's hidden and attention dropout."""
     path = Path(pretrained)
     if path.suffix != ".ckpt":
-        return load_bert(pretrained, pooler=pooler), None
+        return load_bert(pretrained, pooler=pooler, dropout=dropout), None
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -32,7 +33,10 @@ def load_bert_encoder(pretrained: str, pooler: bool) -> tuple[BERT, str | None]:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: no BERT config in this checkpoint (backbone_config or hyper_parameters.bert_config)")
     fields = {f.name for f in dataclasses.fields(BertConfig)}
-    bert = BERT(BertConfig(**{k: v for k, v in config.items() if k in fields}), pooler=pooler)
+    config = {k: v for k, v in config.items() if k in fields}
+    if dropout is not None:
+        config.update(dropout=dropout, attention_dropout=dropout)
+    bert = BERT(BertConfig(**config), pooler=pooler)
     for prefix in _PREFIXES:
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         if state:

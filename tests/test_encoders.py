@@ -58,3 +58,23 @@ def test_missing_encoder_weights_or_config_are_errors_naming_the_file(tmp_path):
         load_bert_encoder(str(tmp_path / "empty.ckpt"), pooler=False)
     with pytest.raises(FileNotFoundError, match=r"absent\.ckpt: checkpoint not found"):
         load_bert_encoder(str(tmp_path / "absent.ckpt"), pooler=False)
+
+
+def _dropouts(bert: BERT) -> set[float]:
+    from modeling.attention import MultiHeadAttention
+    from modeling.dropout import Dropout
+    return ({m.p for m in bert.modules() if isinstance(m, Dropout)} |
+            {m.dropout for m in bert.modules() if isinstance(m, MultiHeadAttention)})
+
+
+@pytest.mark.parametrize("kind", ["ckpt", "hf"])
+def test_dropout_override_reaches_every_dropout_and_keeps_the_weights(tmp_path, kind):
+    from modeling.hf import save_bert
+    torch.manual_seed(0)
+    source = BERT(dataclasses.replace(CONFIG, dropout=0.1, attention_dropout=0.1), pooler=True)
+    path = (_save(tmp_path / "c.ckpt", "backbone.", source, "backbone_config") if kind == "ckpt"
+            else save_bert(source, tmp_path / "hf"))
+    assert _dropouts(load_bert_encoder(str(path), pooler=True)[0]) == {0.1}
+    bert = load_bert_encoder(str(path), pooler=True, dropout=0.0)[0]
+    assert _dropouts(bert) == {0.0} and bert.config.dropout == bert.config.attention_dropout == 0.0
+    assert _same_weights(bert, source, skip="-")
