@@ -251,7 +251,9 @@ def _build_cli_class():
                 lines.append(f"best checkpoint: {ckpt.best_model_path}{score}")
             if ckpt is not None and ckpt.last_model_path:
                 lines.append(f"last checkpoint: {ckpt.last_model_path}")
-            lines.append("final metrics: " + json.dumps(self._metrics(), sort_keys=True))
+            # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results
+            shown = {k: v for k, v in self._metrics().items() if not k.startswith("lr-")}
+            lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
             rank_zero_info("\n".join(lines))
             self._write_summary("fit")
 
