@@ -32,8 +32,8 @@ bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/sst2.py --which both
 	$(PY) benchmarks/rte.py
-	$(PY) benchmarks/lm_shakespeare.py --config configs/lm/shakespeare_char_cpu.yaml --threads 2 $(LM_BASELINE) --record
-	$(PY) benchmarks/lm_shakespeare.py --config configs/lm/shakespeare_char_cpu_tuned.yaml --threads 2 $(LM_BASELINE) --record
+	$(PY) benchmarks/lm_shakespeare.py --config configs/lm/shakespeare_char_cpu.yaml $(LM_BASELINE) --record
+	$(PY) benchmarks/lm_shakespeare.py --config configs/lm/shakespeare_char_cpu_tuned.yaml $(LM_BASELINE) --record
 	PATH="$(abspath $(VENV))/bin:$$PATH" sh benchmarks/ner_chain.sh
 
 clean:

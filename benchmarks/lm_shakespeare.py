@@ -49,10 +49,14 @@ NANOGPT_STEP = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)"
 
 
 def run(cmd: list[str], env: dict, cwd: Path = ROOT, capture: bool = False) -> tuple[float, str]:
+    """Wall seconds of `cmd` and, with `capture`, its stdout. A failed command ends the benchmark with one line
+    (plus the captured output's tail, which would otherwise be lost)."""
     print("$ " + shlex.join(cmd), flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, check=True, text=True,
-                          stdout=subprocess.PIPE if capture else None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE if capture else None)
+    if proc.returncode != 0:
+        tail = f"\n{proc.stdout[-2000:]}" if capture and proc.stdout else ""
+        raise SystemExit(f"{shlex.join(cmd)} (in {cwd}): exit code {proc.returncode}{tail}")
     return time.perf_counter() - start, proc.stdout or ""
 
 
@@ -111,8 +115,11 @@ def run_ours(args, name: str, run_dir: Path, env: dict) -> dict:
 
 
 def config_text_file(config: str) -> Path:
+    """The first training file of an lm config: the text nanoGPT must be given too."""
     import yaml
-    files = yaml.safe_load(Path(config).read_text())["data"]["train_files"]
+    files = (yaml.safe_load(Path(config).read_text()) or {}).get("data", {}).get("train_files")
+    if not files:
+        raise SystemExit(f"{config}: no data.train_files, so there is no text to give nanoGPT")
     return (ROOT / files[0]).resolve()
 
 
@@ -160,10 +167,10 @@ def main() -> int:
                 record("lm", "nanoGPT (same recipe)", "steps/s (over whole-run wall time)",
                        ng["steps_per_s_wall"], ng["wall_s"], **common)
         else:
-            ng, baseline = None, QUOTED_NANOGPT
+            baseline = QUOTED_NANOGPT
         ours = run_ours(args, name, run_dir, env)
         print(json.dumps(ours, indent=1))
-        table.append((round_ + 1, ng, ours))
+        table.append((round_ + 1, baseline, ours))
         if args.record:
             common = dict(command=command, steps=ours["steps"], baseline_wall_s=baseline["wall_s"],
                           mean_load=ours["mean_load"], threads=ours["threads"], train_loop_s=ours["train_loop_s"])
@@ -177,7 +184,6 @@ def main() -> int:
     print(f"\n{'round':>5} | {'nanoGPT wall s':>14} | {'ours wall s':>11} | {'speed ours/nanoGPT':>18} | "
           f"{'nanoGPT val':>11} | {'ours val':>8} | ours val, whole split")
     for round_, ng, ours in table:
-        ng = ng or {"wall_s": QUOTED_NANOGPT["wall_s"], "val_loss": QUOTED_NANOGPT["val_loss"]}
         print(f"{round_:>5} | {ng['wall_s']:>14.1f} | {ours['wall_s']:>11.1f} | "
               f"{ng['wall_s'] / ours['wall_s']:>17.3f}x | {ng['val_loss']:>11.4f} | "
               f"{ours['val_loss_20_batches']:>8.4f} | {ours['val_loss_full_split']:.4f}")
