@@ -130,7 +130,7 @@ def gpt_steps(shape, compile_ours: bool):
     B, T, layers, d, heads, vocab = shape
     x = torch.randint(0, vocab, (B, T))
     targets = torch.cat([x[:, 1:], torch.full((B, 1), -100)], dim=1)        # same T-1 scored tokens as HF's shift
-    config = GPTConfig(vocab_size=vocab, block_size=1024, num_layers=layers, num_heads=heads, hidden_size=d, dropout=0.1)
+    config = GPTConfig(vocab_size=vocab, max_positions=1024, num_layers=layers, num_heads=heads, hidden_size=d, dropout=0.1)
     steps = {}
 
     def ours(compiled: bool):
@@ -200,7 +200,7 @@ def compare(name: str, builder, shape, args, peak: float, results: dict):
 def generation(args, results: dict):
     from transformers import GPT2LMHeadModel
     vocab = 50257 if not args.quick else 1000
-    config = GPTConfig(vocab_size=vocab, block_size=1024, num_layers=6 if not args.quick else 2, num_heads=6,
+    config = GPTConfig(vocab_size=vocab, max_positions=1024, num_layers=6 if not args.quick else 2, num_heads=6,
                        hidden_size=384 if not args.quick else 96)
     torch.manual_seed(0)
     gpt = GPT(config).eval()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dropout import cpu_fast_path as cpu_fast_dropout, dropout
+from .dropout import dropout, use_fast_dropout
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -34,8 +34,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     With dropout on the CPU, PyTorch falls back to an unfused path with a slow Bernoulli sampler; there the same
     math is written out with our dropout instead (modeling/dropout.py).
     """
-    if dropout_p > 0.0 and cpu_fast_dropout(q):
+    if dropout_p > 0.0 and use_fast_dropout(q):          # our CPU dropout (modeling/dropout.py): written out
         return dropout(attention_weights(q, k, mask, is_causal), dropout_p) @ v
+    # the stock path: PyTorch's fused kernels (and its own dropout)
     if is_causal and mask is not None:                   # fused kernels take one or the other: merge them
         mask = mask & causal_mask(q.size(-2), k.size(-2), q.device)
         is_causal = False

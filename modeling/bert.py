@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import padding_mask
-from .blocks import ACTIVATIONS, EncoderLayer, run_layers
+from .blocks import ACTIVATIONS, Block, run_layers
 from .embeddings import BertEmbeddings
 
 
@@ -60,7 +60,7 @@ class BERT(nn.Module):
         self.embeddings = BertEmbeddings(c.vocab_size, c.hidden_size, c.max_positions, c.type_vocab_size,
                                          c.dropout, c.layer_norm_eps, c.pad_token_id)
         self.layers = nn.ModuleList(
-            EncoderLayer(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.attention_dropout, c.activation,
+            Block(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.attention_dropout, c.activation,
                          norm_first=False, eps=c.layer_norm_eps)
             for _ in range(c.num_layers))
         self.pooler = nn.Linear(c.hidden_size, c.hidden_size) if pooler else None

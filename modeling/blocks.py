@@ -38,11 +38,12 @@ class FeedForward(nn.Module):
 
 
 class Residual(nn.Module):
-    """Residual connection with LayerNorm before (pre-norm) or after (post-norm) the sub-layer."""
+    """Residual connection with LayerNorm before (pre-norm) or after (post-norm) the sub-layer. `bias=False`
+    leaves the LayerNorm without its additive term (nanoGPT's `LayerNorm(ndim, bias)`)."""
 
-    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float):
+    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float, bias: bool = True):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.norm = nn.LayerNorm(d_model, eps=eps, bias=bias)
         self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
@@ -52,9 +53,9 @@ class Residual(nn.Module):
         return self.norm(x + self.dropout(sublayer(x)))
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention then feed-forward. Bidirectional for BERT and the Transformer encoder; with
-    `causal=True` it is the GPT block (masked self-attention, no encoder)."""
+class Block(nn.Module):
+    """Self-attention then feed-forward: the Transformer's encoder layer and BERT's layer (bidirectional), and with
+    `causal=True` GPT's block (masked self-attention, no encoder to attend to)."""
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1,
                  attention_dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
@@ -62,8 +63,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, bias)
         self.ffn = FeedForward(d_model, d_ff, activation, bias)
-        self.attn_residual = Residual(d_model, dropout, norm_first, eps)
-        self.ffn_residual = Residual(d_model, dropout, norm_first, eps)
+        self.attn_residual = Residual(d_model, dropout, norm_first, eps, bias)
+        self.ffn_residual = Residual(d_model, dropout, norm_first, eps, bias)
         self.causal = causal
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
@@ -71,8 +72,8 @@ class EncoderLayer(nn.Module):
         return self.ffn_residual(x, self.ffn)
 
 
-class DecoderLayer(nn.Module):
-    """Masked self-attention, encoder-decoder attention, feed-forward."""
+class DecoderBlock(nn.Module):
+    """The Transformer's decoder layer: masked self-attention, encoder-decoder attention, feed-forward."""
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.1,
                  attention_dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
@@ -81,9 +82,9 @@ class DecoderLayer(nn.Module):
         self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, bias)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, bias, cross=True)
         self.ffn = FeedForward(d_model, d_ff, activation, bias)
-        self.self_residual = Residual(d_model, dropout, norm_first, eps)
-        self.cross_residual = Residual(d_model, dropout, norm_first, eps)
-        self.ffn_residual = Residual(d_model, dropout, norm_first, eps)
+        self.self_residual = Residual(d_model, dropout, norm_first, eps, bias)
+        self.cross_residual = Residual(d_model, dropout, norm_first, eps, bias)
+        self.ffn_residual = Residual(d_model, dropout, norm_first, eps, bias)
 
     def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
                 cache: KVCache | None = None) -> Tensor:

@@ -7,6 +7,9 @@ i.e. with probability p to within 1/131072. PyTorch's CPU generator (a Mersenne 
 masks are drawn in fixed chunks of 2^18 words, each from its own generator seeded by the default generator, on a
 small thread pool: `torch.manual_seed` still fixes every mask, whatever the number of threads. Elsewhere (CUDA, or
 inside `torch.compile`, whose generated kernels draw their own numbers) the stock `F.dropout` runs.
+
+One switch turns the fast path off everywhere (then every dropout, attention's included, is PyTorch's own):
+`set_fast_cpu_dropout(False)`, or the environment variable NLP_FAST_CPU_DROPOUT=0.
 """
 from __future__ import annotations
 
@@ -21,6 +24,13 @@ _LEVELS = 1 << 16          # 16-bit uniforms
 _CHUNK_WORDS = 1 << 18     # 64-bit words per generator stream
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _pool: ThreadPoolExecutor | None = None
+_fast_cpu_dropout = os.environ.get("NLP_FAST_CPU_DROPOUT", "1") != "0"
+
+
+def set_fast_cpu_dropout(enabled: bool) -> None:
+    """The one switch between our CPU dropout (True, the default) and PyTorch's stock dropout (False)."""
+    global _fast_cpu_dropout
+    _fast_cpu_dropout = bool(enabled)
 
 
 def _reset_pool() -> None:
@@ -63,16 +73,17 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype 
     return torch.ge(uniforms, threshold, out=keep)          # compare and convert in one pass
 
 
-def cpu_fast_path(x: Tensor) -> bool:
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+def use_fast_dropout(x: Tensor) -> bool:
+    """Whether dropout of `x` takes the fast CPU path (switched on, a CPU tensor, not inside torch.compile)."""
+    return _fast_cpu_dropout and x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """Inverted dropout of any tensor; identity when not training or p == 0."""
     if not training or p == 0.0:
         return x
-    if not cpu_fast_path(x) or p >= 1.0:
-        return F.dropout(x, p, training=True)
+    if not use_fast_dropout(x) or p >= 1.0:
+        return F.dropout(x, p, training=True)                # the stock path
     keep = keep_mask(x.shape, p, x.dtype, x.device)
     if x.dtype in (torch.float32, torch.float64):
         return x * keep.mul_(1.0 / (1.0 - p))         # one multiply forward, one backward

@@ -71,15 +71,15 @@ class BertEmbeddings(nn.Module):
 class GPTEmbeddings(nn.Module):
     """token + learned position embeddings, then dropout (GPT-2)."""
 
-    def __init__(self, vocab_size: int, d_model: int, block_size: int, dropout: float):
+    def __init__(self, vocab_size: int, d_model: int, max_positions: int, dropout: float):
         super().__init__()
         self.token = nn.Embedding(vocab_size, d_model)
-        self.position = nn.Embedding(block_size, d_model)
+        self.position = nn.Embedding(max_positions, d_model)
         self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
         T = input_ids.size(1)
         if offset + T > self.position.num_embeddings:
-            raise ValueError(f"position {offset + T} is past block_size {self.position.num_embeddings}")
+            raise ValueError(f"position {offset + T} is past max_positions {self.position.num_embeddings}")
         positions = torch.arange(offset, offset + T, device=input_ids.device)
         return self.dropout(self.token(input_ids) + self.position(positions))     # (B, T, D)

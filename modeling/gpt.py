@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import KVCache
-from .blocks import EncoderLayer, run_layers
+from .blocks import Block, run_layers
 from .embeddings import GPTEmbeddings
 from .losses import linear_cross_entropy
 
@@ -18,12 +18,12 @@ from .losses import linear_cross_entropy
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257
-    block_size: int = 1024
+    max_positions: int = 1024      # the context length (nanoGPT's block_size)
     num_layers: int = 12
     num_heads: int = 12
     hidden_size: int = 768
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True              # False: no biases anywhere (linear layers and LayerNorms), as nanoGPT
     layer_norm_eps: float = 1e-5
     activation: str = "gelu_tanh"   # GPT-2's tanh approximation; "gelu" is the exact erf form (nanoGPT's)
     activation_checkpointing: bool = False
@@ -38,9 +38,9 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = c = config
-        self.embeddings = GPTEmbeddings(c.vocab_size, c.hidden_size, c.block_size, c.dropout)
+        self.embeddings = GPTEmbeddings(c.vocab_size, c.hidden_size, c.max_positions, c.dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.dropout, c.activation,
+            Block(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.dropout, c.activation,
                          norm_first=True, eps=c.layer_norm_eps, bias=c.bias, causal=True)
             for _ in range(c.num_layers))
         self.final_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps, bias=c.bias)
@@ -87,8 +87,8 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int) -> list[KVCache]:
         c = self.config
-        if max_len > c.block_size:
-            raise ValueError(f"cache of {max_len} positions is longer than block_size {c.block_size}")
+        if max_len > c.max_positions:
+            raise ValueError(f"cache of {max_len} positions is longer than max_positions {c.max_positions}")
         w = self.embeddings.token.weight
         return [KVCache(batch_size, c.num_heads, max_len, c.hidden_size // c.num_heads, w.dtype, w.device)
                 for _ in self.layers]

@@ -203,7 +203,7 @@ def gpt_config_from_hf(hf: dict) -> GPTConfig:
         raise ValueError(f"GPT-2 activation {act!r} is not supported (expected one of {sorted(_HF_ACTIVATIONS)})")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         raise ValueError(f"GPT-2 n_inner={hf['n_inner']} is not supported (expected 4 * n_embd)")
-    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], num_layers=hf["n_layer"],
+    return GPTConfig(vocab_size=hf["vocab_size"], max_positions=hf["n_positions"], num_layers=hf["n_layer"],
                      num_heads=hf["n_head"], hidden_size=hf["n_embd"], dropout=hf.get("resid_pdrop", 0.1),
                      bias=True, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=_HF_ACTIVATIONS[act],
                      tie_embeddings=hf.get("tie_word_embeddings", True))
@@ -211,7 +211,7 @@ def gpt_config_from_hf(hf: dict) -> GPTConfig:
 
 def gpt_config_to_hf(c: GPTConfig) -> dict:
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
-            "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.hidden_size, "n_layer": c.num_layers,
+            "n_positions": c.max_positions, "n_ctx": c.max_positions, "n_embd": c.hidden_size, "n_layer": c.num_layers,
             "n_head": c.num_heads, "n_inner": None, "activation_function": _OUR_ACTIVATIONS[c.activation], "resid_pdrop": c.dropout,
             "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "layer_norm_epsilon": c.layer_norm_eps,
             "initializer_range": 0.02, "bos_token_id": c.vocab_size - 1, "eos_token_id": c.vocab_size - 1,

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import KVCache, padding_mask
-from .blocks import DecoderLayer, EncoderLayer, run_layers
+from .blocks import Block, DecoderBlock, run_layers
 from .embeddings import TransformerEmbedding
 
 
@@ -15,7 +15,7 @@ from .embeddings import TransformerEmbedding
 class TransformerConfig:
     src_vocab_size: int = 37000
     tgt_vocab_size: int = 37000
-    d_model: int = 512
+    hidden_size: int = 512          # d_model
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
     num_heads: int = 8
@@ -23,10 +23,11 @@ class TransformerConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation: str = "relu"
-    max_len: int = 1024
+    max_positions: int = 1024
     share_embeddings: bool = True     # one embedding for source and target (needs one shared vocabulary)
     norm_first: bool = False          # post-norm as in the paper; pre-norm trains more stably when deep
     layer_norm_eps: float = 1e-5
+    bias: bool = True
     pad_token_id: int = 0
     activation_checkpointing: bool = False
 
@@ -37,16 +38,17 @@ class Transformer(nn.Module):
         self.config = c = config
         if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size")
-        self.tgt_embed = TransformerEmbedding(c.tgt_vocab_size, c.d_model, c.max_len, c.dropout, c.pad_token_id)
+        self.tgt_embed = TransformerEmbedding(c.tgt_vocab_size, c.hidden_size, c.max_positions, c.dropout, c.pad_token_id)
         self.src_embed = self.tgt_embed if c.share_embeddings else \
-            TransformerEmbedding(c.src_vocab_size, c.d_model, c.max_len, c.dropout, c.pad_token_id)
-        layer_args = (c.d_model, c.num_heads, c.ffn_size, c.dropout, c.attention_dropout, c.activation,
-                      c.norm_first, c.layer_norm_eps)
-        self.encoder = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(c.num_encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(c.num_decoder_layers))
+            TransformerEmbedding(c.src_vocab_size, c.hidden_size, c.max_positions, c.dropout, c.pad_token_id)
+        layer_args = (c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.attention_dropout, c.activation,
+                      c.norm_first, c.layer_norm_eps, c.bias)
+        self.encoder = nn.ModuleList(Block(*layer_args) for _ in range(c.num_encoder_layers))
+        self.decoder = nn.ModuleList(DecoderBlock(*layer_args) for _ in range(c.num_decoder_layers))
         # pre-norm stacks end un-normalised: a final LayerNorm closes each
-        self.encoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps) if c.norm_first else nn.Identity()
+        final_norm = lambda: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps, bias=c.bias)  # noqa: E731
+        self.encoder_norm = final_norm() if c.norm_first else nn.Identity()
+        self.decoder_norm = final_norm() if c.norm_first else nn.Identity()
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -79,7 +81,7 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> list[KVCache]:
         c = self.config
         w = self.tgt_embed.token.weight
-        return [KVCache(batch_size, c.num_heads, max_len, c.d_model // c.num_heads, w.dtype, w.device)
+        return [KVCache(batch_size, c.num_heads, max_len, c.hidden_size // c.num_heads, w.dtype, w.device)
                 for _ in self.decoder]
 
     def decoder_for(self, memory: Tensor, src_mask: Tensor | None = None) -> "BoundDecoder":

@@ -44,7 +44,7 @@ def generate_ids(model: GPT, ids: list[int], max_new_tokens: int, *, num_samples
                  seed: int | None = None, on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """(num_samples, len(ids) + n) ids. `temperature` 0 is greedy. The KV cache is used while the whole sequence
     fits the model's context; longer outputs re-read the last `block_size` tokens at each step."""
-    block = model.config.block_size
+    block = model.config.max_positions
     ids = ids[-block:]
     device = next(model.parameters()).device
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
@@ -140,9 +140,9 @@ class LMTask(pl.LightningModule):
         if dm is not None:
             if hasattr(dm, "use_tokenizer"):
                 dm.use_tokenizer(tokenizer)
-            if getattr(dm, "block_size", 0) > model.config.block_size:
+            if getattr(dm, "block_size", 0) > model.config.max_positions:
                 raise ValueError(f"data.block_size {dm.block_size} is longer than the model's context "
-                                 f"({model.config.block_size}); pass --data.block_size {model.config.block_size}")
+                                 f"({model.config.max_positions}); pass --data.block_size {model.config.max_positions}")
 
     def _datamodule(self):
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -161,7 +161,7 @@ class LMTask(pl.LightningModule):
             from modeling.hf import load_gpt2
             model = load_gpt2(h.init_from)
         else:
-            config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=h.context_size or dm.block_size,
+            config = GPTConfig(vocab_size=tokenizer.vocab_size, max_positions=h.context_size or dm.block_size,
                                num_layers=h.num_layers, num_heads=h.num_heads, hidden_size=h.hidden_size,
                                dropout=h.dropout, bias=h.bias, activation=h.activation,
                                tie_embeddings=h.tie_embeddings)

@@ -84,7 +84,7 @@ def test_random_gpt2_from_transformers_gives_same_logits(tmp_path):
 
 def test_gpt_export_loads_back_into_transformers(tmp_path):
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=300, block_size=32, num_layers=2, num_heads=2, hidden_size=32)).eval()
+    ours = GPT(GPTConfig(vocab_size=300, max_positions=32, num_layers=2, num_heads=2, hidden_size=32)).eval()
     save_gpt2(ours, tmp_path)
     theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
     ids = torch.randint(0, 300, (3, 20))
@@ -95,7 +95,7 @@ def test_gpt_export_loads_back_into_transformers(tmp_path):
 def test_untied_gpt_head_round_trips_through_transformers(tmp_path):
     """tie_embeddings=False: the LM head is its own matrix, exported as lm_head.weight and read back."""
     torch.manual_seed(0)
-    ours = GPT(GPTConfig(vocab_size=300, block_size=32, num_layers=2, num_heads=2, hidden_size=32,
+    ours = GPT(GPTConfig(vocab_size=300, max_positions=32, num_layers=2, num_heads=2, hidden_size=32,
                          tie_embeddings=False)).eval()
     assert ours.lm_head is not None and not torch.equal(ours.head_weight, ours.embeddings.token.weight)
     save_gpt2(ours, tmp_path)

@@ -20,7 +20,7 @@ SHAKESPEARE = FIXTURES / "tinyshakespeare_head.txt"
 
 def tiny_gpt(vocab_size: int = 40, block_size: int = 32, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, num_layers=2, num_heads=2, hidden_size=32)).eval()
+    return GPT(GPTConfig(vocab_size=vocab_size, max_positions=block_size, num_layers=2, num_heads=2, hidden_size=32)).eval()
 
 
 # --- sampling rules --------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def test_lm_test_scores_every_token_of_a_file_with_a_sliding_window(trained_run,
     # the same number computed by hand: every token scored once with >= block - stride + 1 tokens of context
     model, tok = load_checkpoint(ckpt)
     ids = tok.encode(text)
-    T, stride = model.config.block_size, 16
+    T, stride = model.config.max_positions, 16
     total, count = 0.0, 0
     with torch.no_grad():
         for t in range(1, len(ids)):
@@ -168,7 +168,7 @@ def test_generate_from_hugging_face_gpt2_directory(tmp_path, capsys):
     from modeling.hf import save_gpt2
     gpt2_tok = require_shared("tokenizers", "gpt2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50257, block_size=64, num_layers=1, num_heads=2, hidden_size=16))
+    model = GPT(GPTConfig(vocab_size=50257, max_positions=64, num_layers=1, num_heads=2, hidden_size=16))
     save_gpt2(model, tmp_path / "hf")
     args = ["--hf_dir", str(tmp_path / "hf"), "--tokenizer_path", str(gpt2_tok), "--prompt", "Hello",
             "--max_new_tokens", "8", "--seed", "3"]

@@ -14,9 +14,9 @@ from modeling.embeddings import sinusoidal_table
 from modeling.generation import beam_search, generate
 
 TINY_BERT = BertConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, ffn_size=64, max_positions=64)
-TINY_GPT = GPTConfig(vocab_size=97, block_size=64, num_layers=2, num_heads=4, hidden_size=32)
-TINY_TRANSFORMER = TransformerConfig(src_vocab_size=50, tgt_vocab_size=50, d_model=32, num_encoder_layers=2,
-                                     num_decoder_layers=2, num_heads=4, ffn_size=64, max_len=64)
+TINY_GPT = GPTConfig(vocab_size=97, max_positions=64, num_layers=2, num_heads=4, hidden_size=32)
+TINY_TRANSFORMER = TransformerConfig(src_vocab_size=50, tgt_vocab_size=50, hidden_size=32, num_encoder_layers=2,
+                                     num_decoder_layers=2, num_heads=4, ffn_size=64, max_positions=64)
 
 
 @pytest.fixture(autouse=True)
