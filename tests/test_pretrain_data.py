@@ -208,6 +208,15 @@ def test_whole_word_masking_chooses_all_pieces_of_a_word(vocab, fixture_examples
     assert cut > 500 and abs(rate - 0.15) < 0.015                                       # per token, words are cut
 
 
+def test_dataloader_workers_draw_different_masks(vocab, fixture_examples):
+    """Each worker holds a copy of the collator; re-seeded from the worker's seed, copies never repeat a mask."""
+    same_example = [fixture_examples[1][0]] * 64
+    loader = torch.utils.data.DataLoader(same_example, batch_size=32, num_workers=2,
+                                         collate_fn=PretrainingCollator(vocab, seed=0))
+    first, second = [batch["mlm_labels"] for batch in loader]                  # one batch from each worker
+    assert not torch.equal(first, second)
+
+
 def test_masking_statistics_on_a_million_real_tokens(shared_data):
     start = time.perf_counter()
     tokenizer = load_wordpiece(shared_data("models", "all-MiniLM-L6-v2"))
