@@ -283,20 +283,27 @@ def build_windows(tokenizer: Tokenizer, questions: list[Question], max_length: i
     return windows
 
 
-WINDOW_COLUMNS = ("question", "input_ids", "token_type_ids", "offsets", "start_position", "end_position")
+WINDOW_COLUMNS = ("question", "input_ids", "token_type_ids", "offset_start", "offset_end", "start_position",
+                  "end_position")
 
 
 def windows_to_columns(windows: list[Window]) -> dict[str, list]:
-    """Column lists (offsets as [start, end] lists) for a `datasets.Dataset.from_dict` cache."""
-    columns = {name: [getattr(w, name) for w in windows] for name in WINDOW_COLUMNS}
-    columns["offsets"] = [[list(o) for o in offs] for offs in columns["offsets"]]
-    return columns
+    """Flat column lists for a `datasets.Dataset.from_dict` cache (offsets as two int lists per window)."""
+    columns = {name: [getattr(w, name) for w in windows] for name in ("question", "input_ids", "token_type_ids",
+                                                                      "start_position", "end_position")}
+    columns["offset_start"], columns["offset_end"] = [], []
+    for w in windows:
+        starts, ends = zip(*w.offsets)
+        columns["offset_start"].append(list(starts))
+        columns["offset_end"].append(list(ends))
+    return {name: columns[name] for name in WINDOW_COLUMNS}
 
 
 def columns_to_windows(columns: dict[str, list]) -> list[Window]:
-    """The inverse of `windows_to_columns` (e.g. on the columns of a cached `datasets.Dataset`)."""
-    return [Window(question, input_ids, token_type_ids, [tuple(o) for o in offsets], start, end)
-            for question, input_ids, token_type_ids, offsets, start, end
+    """The inverse of `windows_to_columns`. From a cached `datasets.Dataset` pass plain lists,
+    `{name: ds.data.column(name).to_pylist()}` (2 s for 10,784 windows; `ds[name]` converts row by row)."""
+    return [Window(question, input_ids, token_type_ids, list(zip(starts, ends)), start, end)
+            for question, input_ids, token_type_ids, starts, ends, start, end
             in zip(*(columns[name] for name in WINDOW_COLUMNS))]
 
 

@@ -213,7 +213,7 @@ def test_window_cache_round_trip(tmp_path, tokenizer, questions):
     datasets.disable_progress_bars()
     datasets.Dataset.from_dict(windows_to_columns(windows)).save_to_disk(str(tmp_path / "cache"))
     loaded = datasets.load_from_disk(str(tmp_path / "cache"))
-    assert columns_to_windows({name: loaded[name] for name in loaded.column_names}) == windows
+    assert columns_to_windows({name: loaded.data.column(name).to_pylist() for name in loaded.column_names}) == windows
 
 
 def test_bad_window_settings():
