@@ -99,8 +99,7 @@ def read_squad(path: str | Path, version_2: bool = False, require_answers: bool 
                 raise DataError(f"{here}, paragraph {p}: no 'qas' list")
             context = paragraph.get("context")
             if not isinstance(context, str) or not context.strip():
-                first = f", question {n + 1}" + (f" (id {qas[0].get('id')!r})" if qas and isinstance(qas[0], dict)
-                                                  and "id" in qas[0] else "")
+                first = f", question {n + 1} (id {qas[0].get('id')!r})" if qas and isinstance(qas[0], dict) else ""
                 raise DataError(f"{here}, paragraph {p}{first}: empty context")
             for qa in qas:
                 n += 1
