@@ -374,6 +374,14 @@ def test_bad_input_questions(tmp_path, change, expected):
     assert_one_line(error, "article 1 ('Pharmacy'), question", expected)
 
 
+def test_questions_without_answers_for_predict(tmp_path):
+    path = write_modified(tmp_path, lambda p: [qa.pop("answers") for qa in p["qas"]])
+    with pytest.raises(DataError, match="no answers"):
+        read_squad(path)
+    questions = read_squad(path, require_answers=False)
+    assert len(questions) == 339 and sum(not q.answers for q in questions) == 5
+
+
 def test_bad_input_not_squad(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"version": "1.1"}))
