@@ -76,69 +76,118 @@ def generate(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool =
     return ids
 
 
+def repeated_ngram_mask(ids: Tensor, n: int, vocab_size: int) -> Tensor:
+    """(R, L) sequences -> (R, V) True for each token that would complete an n-gram the sequence already holds
+    (its last n - 1 tokens followed by that token occur earlier)."""
+    R, L = ids.shape
+    mask = torch.zeros(R, vocab_size, dtype=torch.bool, device=ids.device)
+    if L < n:
+        return mask
+    grams = ids.unfold(1, n, 1)                                                      # (R, L-n+1, n)
+    last = ids[:, L - n + 1:]                                                        # (R, n-1)
+    seen = (grams[:, :, :-1] == last[:, None, :]).all(dim=-1)                        # (R, L-n+1)
+    rows, starts = seen.nonzero(as_tuple=True)
+    mask[rows, grams[rows, starts, -1]] = True
+    return mask
+
+
+class FinishedHypotheses:
+    """The best `beam_size` finished hypotheses of each prompt, by length-normalised score, and how many
+    hypotheses each prompt has finished in all (beam search stops a prompt at `beam_size`)."""
+
+    def __init__(self, batch_size: int, beam_size: int, max_new_tokens: int, fill: int, device):
+        self.fill = fill
+        self.scores = torch.full((batch_size, beam_size), float("-inf"), dtype=torch.float64, device=device)
+        self.tokens = torch.full((batch_size, beam_size, max(max_new_tokens, 1)), fill, dtype=torch.long,
+                                 device=device)
+        self.lengths = torch.zeros(batch_size, beam_size, dtype=torch.long, device=device)
+        self.count = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def add(self, scores: Tensor, tokens: Tensor) -> None:
+        """scores: (B, C) normalised, -inf where no hypothesis ends; tokens: (B, C, n) the generated tokens."""
+        B, C, n = tokens.shape
+        width = self.tokens.size(-1)
+        padded = torch.full((B, C, width), self.fill, dtype=torch.long, device=tokens.device)
+        padded[:, :, :n] = tokens
+        all_scores = torch.cat([self.scores, scores], dim=1)                         # (B, K + C)
+        all_tokens = torch.cat([self.tokens, padded], dim=1)                         # (B, K + C, width)
+        all_lengths = torch.cat([self.lengths, torch.full_like(scores, n, dtype=torch.long)], dim=1)
+        self.scores, best = all_scores.topk(self.scores.size(1), dim=-1)             # (B, K)
+        self.tokens = all_tokens.gather(1, best[:, :, None].expand(-1, -1, width))
+        self.lengths = all_lengths.gather(1, best)
+        self.count += (scores > float("-inf")).sum(dim=-1)
+
+    def best(self) -> tuple[Tensor, Tensor]:
+        """(B, width) tokens and (B,) lengths of each prompt's highest-scoring hypothesis."""
+        index = self.scores.argmax(dim=-1)                                           # (B,)
+        rows = torch.arange(index.numel(), device=index.device)
+        return self.tokens[rows, index], self.lengths[rows, index]
+
+
 @torch.no_grad()
 def beam_search(model, input_ids: Tensor, max_new_tokens: int, beam_size: int = 4, length_penalty: float = 1.0,
-                eos_token_id: int | None = None, pad_token_id: int | None = None) -> Tensor:
-    """Beam search with the KV cache. A hypothesis ends at EOS and is scored by
-    sum(log p) / (generated length ** length_penalty); a prompt is done once it has `beam_size` finished
-    hypotheses (early stop) or after `max_new_tokens`. Returns the best hypothesis per prompt, (B, T + n),
-    right-padded with `pad_token_id` (or EOS)."""
+                eos_token_id: int | None = None, pad_token_id: int | None = None, min_new_tokens: int = 0,
+                no_repeat_ngram_size: int = 0, use_cache: bool = True) -> Tensor:
+    """Beam search over a batch of prompts, all beams of all prompts in one (B*K, ...) batch.
+
+    Each step extends every beam by every token and keeps, per prompt, the 2K best candidates by sum(log p).
+    A candidate ending in EOS that ranks above the K-th continuing one finishes a hypothesis, scored
+    sum(log p) / (generated length ** length_penalty); the K best continuing candidates are the next beams.
+    A prompt is done once it has finished `beam_size` hypotheses (early stop) or after `max_new_tokens`, when
+    its live beams compete too. EOS is forbidden for the first `min_new_tokens` tokens; with
+    `no_repeat_ngram_size` n, no n-gram (prompt included) occurs twice. Without the cache each step re-reads
+    the whole sequence (the model must then accept B*K rows: bind an encoder-decoder's memory repeated per beam).
+    Returns the best hypothesis per prompt, (B, T + n), right-padded with `pad_token_id` (or EOS, or 0)."""
     B, T = input_ids.shape
     K = beam_size
     device = input_ids.device
+    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     ids = input_ids.repeat_interleave(K, dim=0)                                      # (B*K, T)
-    cache = model.new_cache(B * K, T + max_new_tokens)
+    cache = model.new_cache(B * K, T + max_new_tokens) if use_cache else None
     logits = model(ids, cache=cache)[:, -1]                                          # (B*K, V)
     beam_scores = torch.zeros(B, K, device=device)
     beam_scores[:, 1:] = float("-inf")           # all beams start identical: expand only the first
-    finished: list[list[tuple[float, Tensor]]] = [[] for _ in range(B)]
-    done = [False] * B
+    finished = FinishedHypotheses(B, K, max_new_tokens, fill, device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    first_row = torch.arange(B, device=device)[:, None] * K                          # (B, 1) row of beam 0
     for step in range(max_new_tokens):
         logp = logits.float().log_softmax(dim=-1)                                    # (B*K, V)
         V = logp.size(-1)
+        if eos_token_id is not None and step < min_new_tokens:
+            logp[:, eos_token_id] = float("-inf")
+        if no_repeat_ngram_size > 0:
+            logp = logp.masked_fill(repeated_ngram_mask(ids, no_repeat_ngram_size, V), float("-inf"))
         scores = (beam_scores.view(-1, 1) + logp).view(B, K * V)
         top_scores, top_index = scores.topk(2 * K, dim=-1)                           # (B, 2K): room for EOS picks
-        next_scores = torch.full((B, K), float("-inf"), device=device)
-        next_tokens = torch.zeros(B, K, dtype=torch.long, device=device)
-        next_beams = torch.zeros(B, K, dtype=torch.long, device=device)
-        for b in range(B):
-            if done[b]:
-                next_tokens[b] = eos_token_id if eos_token_id is not None else 0
-                next_scores[b, 0] = 0.0
-                continue
-            kept = 0
-            for score, index in zip(top_scores[b].tolist(), top_index[b].tolist()):
-                beam, token = divmod(index, V)
-                if eos_token_id is not None and token == eos_token_id:
-                    hyp = torch.cat([ids[b * K + beam, T:], ids.new_tensor([token])])
-                    finished[b].append((score / (hyp.numel() ** length_penalty), hyp))
-                    continue
-                next_scores[b, kept], next_tokens[b, kept], next_beams[b, kept] = score, token, beam
-                kept += 1
-                if kept == K:
-                    break
-            if len(finished[b]) >= K:
-                done[b] = True
-        if all(done):
+        parents, tokens = top_index // V, top_index % V                              # (B, 2K) each
+        is_eos = tokens == eos_token_id if eos_token_id is not None else torch.zeros_like(tokens, dtype=torch.bool)
+        # an EOS candidate finishes a hypothesis when fewer than K continuing candidates rank above it
+        ends = is_eos & ((~is_eos).cumsum(dim=-1) < K) & ~done[:, None] & (top_scores > float("-inf"))
+        if bool(ends.any()):
+            rows = (first_row + parents).view(-1)                                    # (B*2K,)
+            hyps = torch.cat([ids[rows, T:], tokens.view(-1, 1)], dim=1).view(B, 2 * K, step + 1)
+            normalised = top_scores.double() / (step + 1) ** length_penalty
+            finished.add(normalised.masked_fill(~ends, float("-inf")), hyps)
+            done |= finished.count >= K
+        if bool(done.all()):
             break
-        rows = (torch.arange(B, device=device)[:, None] * K + next_beams).view(-1)  # (B*K,) surviving parents
+        # the next beams: the first K candidates that do not end (EOS ones, if too few, enter at -inf)
+        keep = is_eos.to(torch.uint8).argsort(dim=-1, stable=True)[:, :K]             # (B, K)
+        beam_scores = top_scores.gather(1, keep).masked_fill(is_eos.gather(1, keep), float("-inf"))
+        next_tokens = tokens.gather(1, keep)                                         # (B, K)
+        rows = (first_row + parents.gather(1, keep)).view(-1)                        # (B*K,) surviving parents
         ids = torch.cat([ids[rows], next_tokens.view(-1, 1)], dim=1)
-        beam_scores = next_scores
-        for layer_cache in cache:
-            layer_cache.reorder(rows)
+        if use_cache:
+            for layer_cache in cache:
+                layer_cache.reorder(rows)
         if step < max_new_tokens - 1:
-            logits = model(next_tokens.view(-1, 1), cache=cache)[:, -1]
-    for b in range(B):                           # prompts that ran out of steps: their live beams count too
-        if not done[b]:
-            for k in range(K):
-                if beam_scores[b, k] > float("-inf"):
-                    hyp = ids[b * K + k, T:]
-                    finished[b].append((beam_scores[b, k].item() / (max(hyp.numel(), 1) ** length_penalty), hyp))
-    best = [max(hyps, key=lambda h: h[0])[1] for hyps in finished]
-    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
-    width = max(h.numel() for h in best)
-    out = torch.full((B, T + width), fill, dtype=input_ids.dtype, device=device)
+            logits = (model(next_tokens.view(-1, 1), cache=cache) if use_cache else model(ids))[:, -1]
+    if not bool(done.all()):                     # prompts that ran out of steps: their live beams count too
+        generated = ids.size(1) - T
+        live = beam_scores.double() / max(generated, 1) ** length_penalty
+        finished.add(live.masked_fill(done[:, None], float("-inf")), ids[:, T:].view(B, K, generated))
+    best, lengths = finished.best()
+    out = torch.full((B, T + int(lengths.max())), fill, dtype=input_ids.dtype, device=device)
     out[:, :T] = input_ids
-    for b, hyp in enumerate(best):
-        out[b, T:T + hyp.numel()] = hyp
+    out[:, T:] = best[:, :int(lengths.max())]
     return out
