@@ -5,23 +5,22 @@
     python run.py <task> <fit|validate|test|predict> [--config configs/<task>/X.yaml] [--section.key value ...]
     python run.py <task> <verb> ...                        # extra verbs a task defines (e.g. `lm generate`)
 
-Each task is a LightningModule (tasks/) plus a LightningDataModule (data/) driven by a LightningCLI, so
-`--help`, `--print_config` and `--section.key value` work as in any LightningCLI. Without `--config`
-the task's default config applies. This file adds the plumbing every task shares: a run directory per
-run, wandb (offline) plus a CSV log, `last.ckpt` plus the best checkpoint on the metric the task monitors,
-`--ckpt_path last` to resume, JSON-lines prediction output, and one-line errors with exit code 2.
+Each task is a `tasks.base.Task` (a LightningModule) plus a `data.base.TaskDataModule`, driven by a LightningCLI,
+so `--help`, `--print_config` and `--section.key value` work as in any LightningCLI. Without `--config` the task's
+embedded default config applies. This file adds what every task shares: a run directory per run, wandb (offline)
+plus a CSV log, `last.ckpt` (always the newest state) plus the best checkpoint on the task's monitored metric,
+`--ckpt_path last` to resume, JSON-lines prediction output (one line per input, in order), and errors as one line.
 
-A task module may define `VERBS = {"name": main_fn}` with `main_fn(argv: list[str]) -> int`; run.py
-hands `run.py <task> name ...` to it. A LightningModule tells run.py which metric to checkpoint on with
-the attributes `monitor` (e.g. "val/accuracy") and `monitor_mode` ("max" or "min"); run.py sets
-`model.checkpoint_to_restore` to the `--ckpt_path` file (or None) before the trainer runs, so a module that
-builds its layers in `configure_model` can leave that to `on_load_checkpoint` instead.
+Exit codes: 0 done; 2 a user error (a bad setting, data file, checkpoint or command line: one line naming it, and a
+run directory this command created is removed); 1 training diverged (NaN/inf loss); 130 stopped by Ctrl-C after
+saving last.ckpt.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +30,22 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from pytorch_lightning.cli import LightningCLI  # noqa: E402
+from pytorch_lightning.loggers import CSVLogger  # noqa: E402
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
+
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of old jsonargparse APIs
 RUN_DIR_ENV = "NLP_RUN_DIR"  # set by the launching process so DDP workers share its run directory
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    module: str      # "package.module:LightningModuleClass"
-    datamodule: str  # "package.module:LightningDataModuleClass"
+    module: str      # "package.module:TaskClass"
+    datamodule: str  # "package.module:DataModuleClass"
     default_config: str
     summary: str
 
@@ -69,7 +75,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def _import(target: str, task: str):
+def import_target(target: str, task: str):
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -85,258 +91,270 @@ def _import(target: str, task: str):
         raise UsageError(f"task {task!r}: {module_name} defines no {attr}") from None
 
 
-def _config_stem(args: list[str]) -> str:
-    stem = None
-    for i, a in enumerate(args):
-        if a in ("--config", "-c") and i + 1 < len(args):
-            stem = Path(args[i + 1]).stem
-        elif a.startswith("--config="):
-            stem = Path(a.split("=", 1)[1]).stem
-    return stem or "default"
-
-
-def _one_line(message: str, limit: int = 400) -> str:
+def one_line(message: str, limit: int = 600) -> str:
     text = " ".join(str(message).split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _build_cli_class():
-    """The LightningCLI subclass, built lazily so `run.py --help` does not import Lightning."""
-    import torch
-    from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.cli import LightningCLI
-    from pytorch_lightning.loggers import CSVLogger
-    from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+class JsonLinesWriter(BasePredictionWriter):
+    """Writes what `predict_step` returns (a list of JSON-able dicts per batch) as one line each, in order."""
 
-    class JsonLinesWriter(BasePredictionWriter):
-        """Writes what `predict_step` returns (a list of JSON-able dicts per batch) as one line per input."""
+    def __init__(self, path: Path):
+        super().__init__(write_interval="batch")
+        self.path = path
+        self.count = 0
 
-        def __init__(self, path: Path):
-            super().__init__(write_interval="batch")
-            self.path = path
-            self.count = 0
+    def on_predict_start(self, trainer, pl_module):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self.path.open("w", encoding="utf-8")
 
-        def on_predict_start(self, trainer, pl_module):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = self.path.open("w")
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for item in prediction:
+            self.file.write(json.dumps(item, ensure_ascii=False) + "\n")
+            self.count += 1
 
-        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                               dataloader_idx=0):
-            for item in prediction:
-                self.file.write(json.dumps(item) + "\n")
-                self.count += 1
+    def on_predict_end(self, trainer, pl_module):
+        self.file.close()
 
-        def on_predict_end(self, trainer, pl_module):
-            self.file.close()
 
-    class TaskCLI(LightningCLI):
-        def __init__(self, task: str, model_class, datamodule_class, args: list[str]):
-            self.task = task
-            self.config_stem = _config_stem(args)
-            no_exit = {"exit_on_error": False}
+class TaskCLI(LightningCLI):
+    """LightningCLI for one task: run directory, loggers, checkpoints, the checkpoint handed to model and data."""
+
+    def __init__(self, task: str, args: list[str]):
+        """Parses `args` and runs the subcommand. The task's default config applies when no --config is given."""
+        spec = TASKS[task]
+        self.task = task
+        self.checkpoint: Optional[dict] = None
+        self.run_dir: Optional[Path] = None
+        self.created_run_dir = False
+        self.last_checkpoint = None
+        has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
+        default = [str(ROOT / spec.default_config)] if not has_config else []
+        sub_kwargs = {"exit_on_error": False, "default_config_files": default}
+        try:
             super().__init__(
-                model_class, datamodule_class, args=args, seed_everything_default=42,
-                parser_kwargs={**no_exit, **{s: dict(no_exit) for s in SUBCOMMANDS}},
-                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-            )
+                import_target(spec.module, task), import_target(spec.datamodule, task), args=args,
+                seed_everything_default=42,
+                parser_kwargs={"exit_on_error": False, **{s: sub_kwargs for s in SUBCOMMANDS}},
+                trainer_defaults={"use_distributed_sampler": False},   # every loader shards itself (data/batching.py)
+                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        except user_error_types():
+            # a run that stopped on a user error leaves nothing behind: the run directory it created goes
+            if self.created_run_dir and self.run_dir is not None and self.run_dir.exists():
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
 
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--run_dir", type=Optional[str], default=None,
-                                help="Run directory (logs, checkpoints, predictions). Default: "
-                                     "runs/<task>/<config name>[_N], a new one per run; with `--ckpt_path last` "
-                                     "the latest one that has a last.ckpt.")
-            parser.add_argument("--wandb", type=bool, default=True,
-                                help="Log to wandb (offline unless WANDB_MODE says otherwise) beside the CSV log.")
-            parser.add_argument("--checkpoint_every_n_steps", type=Optional[int], default=None,
-                                help="Also keep a checkpoint every N optimizer steps (step=N.ckpt).")
-            parser.add_argument("--predict_output", type=Optional[str], default=None,
-                                help="Where `predict` writes JSON lines. Default: <run_dir>/predictions.jsonl.")
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--run_dir", type=Optional[str], default=None,
+                            help="Run directory (logs, checkpoints, predictions). Default: runs/<task>/<config "
+                                 "name>[_N], a new one per run; with `--ckpt_path last` the latest one with a checkpoint.")
+        parser.add_argument("--wandb", type=bool, default=True,
+                            help="Log to wandb (offline unless WANDB_MODE says otherwise) beside the CSV log.")
+        parser.add_argument("--checkpoint_every_n_steps", type=Optional[int], default=None,
+                            help="Also write last.ckpt every N optimizer steps (it is always written after each "
+                                 "validation and at the end).")
+        parser.add_argument("--predict_output", type=Optional[str], default=None,
+                            help="Where `predict` writes JSON lines. Default: <run_dir>/predictions.jsonl.")
 
-        # ---- run directory and `--ckpt_path last` --------------------------------------------------------
-        def parse_arguments(self, parser, args) -> None:
-            super().parse_arguments(parser, args)
-            sub = self.config.get("subcommand")
-            if sub is None:
-                return
-            cfg = self.config[sub]
-            self.run_dir = self._resolve_run_dir(sub, cfg)
-            if cfg.get("ckpt_path") == "last":
-                last = self.run_dir / "checkpoints" / "last.ckpt"
-                if not last.is_file():
-                    raise UsageError(f"--ckpt_path last: no checkpoint at {last}")
-                cfg["ckpt_path"] = str(last)
-            ckpt = cfg.get("ckpt_path")
-            if ckpt and not Path(ckpt).is_file():
-                raise UsageError(f"--ckpt_path {ckpt}: no such file")
+    # ---- run directory, `--ckpt_path last`, and the checkpoint ------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Resolve the run directory and `--ckpt_path` (`last`: the newest checkpoint of the run, whatever its name),
+        read the checkpoint once, safely, refusing another task's, and take its model settings as LightningCLI does."""
+        from tasks.checkpoint import latest_checkpoint, read_checkpoint
+        sub = self.config.get("subcommand")
+        if sub is None:
+            return
+        cfg = self.config[sub]
+        every = cfg.get("checkpoint_every_n_steps")
+        if every is not None and every < 1:
+            raise UsageError(f"--checkpoint_every_n_steps {every}: must be at least 1")
+        self.run_dir = self._resolve_run_dir(sub, cfg)
+        if cfg.get("ckpt_path") == "last":
+            last = latest_checkpoint(self.run_dir)
+            if last is None:
+                raise UsageError(f"--ckpt_path last: no checkpoint in {self.run_dir / 'checkpoints'}")
+            cfg["ckpt_path"] = str(last)
+        if not cfg.get("ckpt_path"):
+            return
+        self.checkpoint = read_checkpoint(cfg["ckpt_path"], task=self.task)
+        hparams = {k: v for k, v in self.checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        if hparams:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
-        def _resolve_run_dir(self, sub: str, cfg) -> Path:
-            if os.environ.get(RUN_DIR_ENV):
-                return Path(os.environ[RUN_DIR_ENV])
-            if cfg.get("run_dir"):
-                return Path(cfg["run_dir"])
-            base = Path("runs") / self.task / (self.config_stem + ("" if sub == "fit" else f"_{sub}"))
+    def _resolve_run_dir(self, sub: str, cfg) -> Path:
+        from tasks.checkpoint import latest_checkpoint
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV])
+        if cfg.get("run_dir"):
+            run_dir = Path(cfg["run_dir"])
+        else:
+            configs = cfg.get("config") or []
+            stem = Path(str(configs[-1])).stem if configs else "default"
+            base = Path("runs") / self.task / (stem if sub == "fit" else f"{stem}_{sub}")
             candidates = [base] + [base.with_name(f"{base.name}_{i}") for i in range(2, 1000)]
             if sub == "fit" and cfg.get("ckpt_path") == "last":
-                with_last = [c for c in candidates if (c / "checkpoints" / "last.ckpt").is_file()]
-                if with_last:
-                    return max(with_last, key=lambda c: (c / "checkpoints" / "last.ckpt").stat().st_mtime)
-                return base
-            return next(c for c in candidates if not c.exists())
+                with_ckpt = [c for c in candidates if latest_checkpoint(c) is not None]
+                run_dir = max(with_ckpt, key=lambda c: latest_checkpoint(c).stat().st_mtime_ns, default=base)
+            else:
+                run_dir = next(c for c in candidates if not c.exists())
+        self.created_run_dir = not run_dir.exists()
+        return run_dir
 
-        # ---- loggers and callbacks every task gets ------------------------------------------------------
-        def instantiate_trainer(self, **kwargs):
-            cfg = self.config[self.subcommand]
-            trainer_cfg = self._get(self.config_init, "trainer", default={})
-            run_dir = self.run_dir
-            os.environ[RUN_DIR_ENV] = str(run_dir)
-            callbacks = list(trainer_cfg.get("callbacks") or [])
-            loggers = []
-            if trainer_cfg.get("logger", True) is not False:
-                if cfg.get("wandb", True) and self.subcommand == "fit":
-                    loggers += self._wandb_logger(run_dir)
-                # a resumed fit logs beside the first run's metrics.csv instead of overwriting it
-                version = ""
-                if self.subcommand == "fit" and cfg.get("ckpt_path"):
-                    version = next(f"resume_{i}" for i in range(1, 10_000) if not (run_dir / f"resume_{i}").exists())
-                loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=version))
-                if self.subcommand == "fit":
-                    callbacks.append(LearningRateMonitor(logging_interval="step"))
-            if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False:
-                callbacks.append(ModelCheckpoint(
-                    dirpath=run_dir / "checkpoints", filename="best-epoch={epoch}-step={step}",
-                    auto_insert_metric_name=False, monitor=getattr(self.model, "monitor", None),
-                    mode=getattr(self.model, "monitor_mode", "min"), save_top_k=1, save_last=True))
-                if cfg.get("checkpoint_every_n_steps"):
-                    callbacks.append(ModelCheckpoint(
-                        dirpath=run_dir / "checkpoints", filename="step={step}", auto_insert_metric_name=False,
-                        every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=-1))
-            if self.subcommand == "predict":
-                out = Path(cfg.get("predict_output") or run_dir / "predictions.jsonl")
-                self.prediction_writer = JsonLinesWriter(out)
-                callbacks.append(self.prediction_writer)
-            # tells a module whose layers depend on the checkpoint to build them in on_load_checkpoint
-            self.model.checkpoint_to_restore = cfg.get("ckpt_path")
-            kwargs.setdefault("default_root_dir", str(run_dir))
-            kwargs.setdefault("logger", loggers or False)
-            kwargs.setdefault("callbacks", callbacks)
-            return super().instantiate_trainer(**kwargs)
+    def after_instantiate_classes(self) -> None:
+        """A restored checkpoint builds the model and gives the data its tokenizer and labels, before anything runs."""
+        if self.checkpoint is not None:
+            bp = self.model.restore(self.checkpoint, str(self.config[self.subcommand]["ckpt_path"]))
+            if self.datamodule is not None:
+                self.datamodule.adopt(bp)
+            self.checkpoint = None            # the trainer reads the file again for the weights
 
-        @staticmethod
-        def _wandb_logger(run_dir: Path) -> list:
-            os.environ.setdefault("WANDB_MODE", "offline")
-            os.environ.setdefault("WANDB_SILENT", "true")
-            os.environ.setdefault("WANDB_CONSOLE", "off")
-            if os.environ["WANDB_MODE"] == "disabled":
-                return []
-            try:
-                from pytorch_lightning.loggers import WandbLogger
-                import wandb  # noqa: F401
-            except Exception as e:  # noqa: BLE001 - any import failure means: CSV only
-                rank_zero_warn(f"wandb unavailable ({_one_line(e, 120)}); logging to CSV only")
-                return []
-            run_dir.mkdir(parents=True, exist_ok=True)
-            return [WandbLogger(save_dir=str(run_dir), project=f"nlp-{run_dir.parent.name}", name=run_dir.name,
-                                offline=os.environ["WANDB_MODE"] == "offline")]
+    # ---- loggers and callbacks every task gets ------------------------------------------------------------
+    def instantiate_trainer(self, **kwargs):
+        from tasks.checkpoint import LastCheckpoint
+        cfg = self.config[self.subcommand]
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        run_dir = self.run_dir
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        loggers = []
+        if trainer_cfg.get("logger", True) is not False:
+            if cfg.get("wandb", True) and self.subcommand == "fit":
+                loggers += self._wandb_logger(run_dir)
+            # a resumed fit logs beside the first run's metrics.csv instead of overwriting it
+            version = ""
+            if self.subcommand == "fit" and cfg.get("ckpt_path"):
+                version = next(f"resume_{i}" for i in range(1, 10_000) if not (run_dir / f"resume_{i}").exists())
+            loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=version))
+            if self.subcommand == "fit":
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False:
+            callbacks.append(ModelCheckpoint(
+                dirpath=run_dir / "checkpoints", filename="best-epoch={epoch}-step={step}",
+                auto_insert_metric_name=False, monitor=self.model.monitor, mode=self.model.monitor_mode,
+                save_top_k=1, save_last=False))
+            self.last_checkpoint = LastCheckpoint(run_dir / "checkpoints", cfg.get("checkpoint_every_n_steps"))
+            callbacks.append(self.last_checkpoint)
+        if self.subcommand == "predict":
+            out = Path(cfg.get("predict_output") or run_dir / "predictions.jsonl")
+            self.prediction_writer = JsonLinesWriter(out)
+            callbacks.append(self.prediction_writer)
+        kwargs.setdefault("default_root_dir", str(run_dir))
+        kwargs.setdefault("logger", loggers or False)
+        kwargs.setdefault("callbacks", callbacks)
+        return super().instantiate_trainer(**kwargs)
 
-        # ---- reports -------------------------------------------------------------------------------------
-        def _metrics(self) -> dict:
-            return {k: round(float(v), 6) for k, v in self.trainer.callback_metrics.items()
-                    if isinstance(v, (int, float, torch.Tensor)) and torch.as_tensor(v).numel() == 1}
+    @staticmethod
+    def _wandb_logger(run_dir: Path) -> list:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_CONSOLE", "off")
+        if os.environ["WANDB_MODE"] == "disabled":
+            return []
+        try:
+            from pytorch_lightning.loggers import WandbLogger
+            import wandb  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - any import failure means: CSV only
+            rank_zero_warn(f"wandb unavailable ({one_line(e, 120)}); logging to CSV only")
+            return []
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return [WandbLogger(save_dir=str(run_dir), project=f"nlp-{run_dir.parent.name}", name=run_dir.name,
+                            offline=os.environ["WANDB_MODE"] == "offline")]
 
-        def after_fit(self) -> None:
-            ckpt = self.trainer.checkpoint_callback
-            lines = [f"run directory: {self.run_dir}"]
-            if ckpt is not None and ckpt.best_model_path:
-                score = "" if ckpt.best_model_score is None else f" ({ckpt.monitor}={float(ckpt.best_model_score):.4f})"
-                lines.append(f"best checkpoint: {ckpt.best_model_path}{score}")
-            if ckpt is not None and ckpt.last_model_path:
-                lines.append(f"last checkpoint: {ckpt.last_model_path}")
-            # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results
-            shown = {k: v for k, v in self._metrics().items() if not k.startswith("lr-")}
-            lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
-            rank_zero_info("\n".join(lines))
-            self._write_summary("fit")
+    # ---- reports --------------------------------------------------------------------------------------------
+    def metrics(self) -> dict:
+        return {k: round(float(v), 6) for k, v in self.trainer.callback_metrics.items()
+                if isinstance(v, (int, float, torch.Tensor)) and torch.as_tensor(v).numel() == 1}
 
-        def after_validate(self) -> None:
-            rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self._metrics(), sort_keys=True))
-            self._write_summary("validate")
+    @property
+    def interrupted(self) -> bool:
+        return self.last_checkpoint is not None and self.last_checkpoint.interrupted
 
-        def after_test(self) -> None:
-            rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self._metrics(), sort_keys=True))
-            self._write_summary("test")
+    def after_fit(self) -> None:
+        best = self.trainer.checkpoint_callback
+        lines = [f"run directory: {self.run_dir}"]
+        if self.interrupted:
+            lines.append(f"interrupted at step {self.trainer.global_step}: resume with --ckpt_path last")
+        if best is not None and best.best_model_path:
+            score = "" if best.best_model_score is None else f" ({best.monitor}={float(best.best_model_score):.4f})"
+            lines.append(f"best checkpoint: {best.best_model_path}{score}")
+        if self.last_checkpoint is not None:
+            lines.append(f"last checkpoint: {self.last_checkpoint.path} (step {self.trainer.global_step})")
+        # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results
+        shown = {k: v for k, v in self.metrics().items() if not k.startswith("lr-")}
+        lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
+        rank_zero_info("\n".join(lines))
+        self.write_summary("fit")
 
-        def after_predict(self) -> None:
-            w = self.prediction_writer
-            rank_zero_info(f"wrote {w.count} predictions to {w.path}")
+    def after_validate(self) -> None:
+        rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self.metrics(), sort_keys=True))
+        self.write_summary("validate")
 
-        def _write_summary(self, sub: str) -> None:
-            """metrics.json in the run directory: what a benchmark script reads back."""
-            if self.trainer.global_rank != 0:
-                return
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            summary = {"subcommand": sub, "metrics": self._metrics(), "global_step": self.trainer.global_step}
-            ckpt = self.trainer.checkpoint_callback
-            if sub == "fit" and ckpt is not None:
-                summary.update(best_checkpoint=ckpt.best_model_path or None,
-                               last_checkpoint=ckpt.last_model_path or None)
-            (self.run_dir / f"{sub}_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    def after_test(self) -> None:
+        rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self.metrics(), sort_keys=True))
+        self.write_summary("test")
 
-    return TaskCLI
+    def after_predict(self) -> None:
+        w = self.prediction_writer
+        rank_zero_info(f"wrote {w.count} predictions to {w.path}")
+
+    def write_summary(self, sub: str) -> None:
+        """<sub>_metrics.json in the run directory: what a benchmark script reads back."""
+        if self.trainer.global_rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        summary = {"subcommand": sub, "metrics": self.metrics(), "global_step": self.trainer.global_step}
+        if sub == "fit":
+            best = self.trainer.checkpoint_callback
+            summary.update(best_checkpoint=(best.best_model_path or None) if best else None,
+                           last_checkpoint=str(self.last_checkpoint.path) if self.last_checkpoint else None,
+                           interrupted=self.interrupted)
+        (self.run_dir / f"{sub}_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def user_error_types() -> tuple[type, ...]:
+    """Errors that are the user's to fix, each reported as one line with exit code 2: a bad setting or data file
+    (data.errors), a bad checkpoint (tasks.checkpoint.CheckpointError is a ConfigError), a missing path, a bad
+    command line (jsonargparse)."""
+    from jsonargparse import ArgumentError
+
+    from data.errors import ConfigError, DataError
+    return UsageError, ConfigError, DataError, FileNotFoundError, ArgumentError
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else 2
+        return 0 if argv else EXIT_USER_ERROR
     task, rest = argv[0], argv[1:]
     launched_here = RUN_DIR_ENV not in os.environ
     try:
         if task not in TASKS:
             raise UsageError(f"unknown task {task!r}; choose from: {', '.join(TASKS)}")
-        spec = TASKS[task]
-        task_module = _import(spec.module.partition(":")[0], task)
+        task_module = import_target(TASKS[task].module.partition(":")[0], task)
         verbs = getattr(task_module, "VERBS", {})
         if rest and rest[0] in verbs:
             return int(verbs[rest[0]](rest[1:]) or 0)
         if rest and not rest[0].startswith("-") and rest[0] not in SUBCOMMANDS:
             raise UsageError(f"unknown subcommand {rest[0]!r} for task {task!r}; choose from: "
                              + ", ".join([*SUBCOMMANDS, *verbs]))
-        model_class = _import(spec.module, task)
-        datamodule_class = _import(spec.datamodule, task)
-        has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in rest)
-        default = ROOT / spec.default_config
-        if rest and rest[0] in SUBCOMMANDS and not has_config and default.exists():
-            rest = [rest[0], "--config", str(default), *rest[1:]]
         import warnings
         with warnings.catch_warnings():  # run.py passes args on purpose; Lightning warns about that
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-            _build_cli_class()(task, model_class, datamodule_class, rest)
-        return 0
-    except UsageError as e:
-        print(f"run.py {task}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+            cli = TaskCLI(task, rest)
+        return EXIT_INTERRUPTED if cli.interrupted else 0
+    except user_error_types() as e:
+        print(f"run.py {task}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as e:  # noqa: BLE001
-        from jsonargparse import ArgumentError
-        data_error, config_error = _user_error_classes()
-        if isinstance(e, (ArgumentError, config_error, FileNotFoundError)):   # a setting names a missing file
-            print(f"run.py {task}: error: {_one_line(e)}", file=sys.stderr)
-            return 2
-        if isinstance(e, data_error):
-            print(f"run.py {task}: error: {_one_line(e, 1000)}", file=sys.stderr)
-            return 1
+        from tasks.base import TrainingDiverged
+        if isinstance(e, TrainingDiverged):
+            print(f"run.py {task}: error: {one_line(e)}", file=sys.stderr)
+            return EXIT_DIVERGED
         raise
     finally:
         if launched_here:
             os.environ.pop(RUN_DIR_ENV, None)
-
-
-def _user_error_classes() -> tuple[type, type]:
-    """data.errors: DataError (a bad input file: one line naming file, row and what is wrong, exit 1) and
-    ConfigError (settings that do not fit together: one line naming the key, exit 2). A FileNotFoundError
-    (a checkpoint, tokenizer or data path that is not there; its message names the path) is also one line."""
-    from data.errors import ConfigError, DataError
-    return DataError, ConfigError
 
 
 if __name__ == "__main__":

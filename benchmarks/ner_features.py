@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.record import record  # noqa: E402
-from data.conll import build_windows, collate, label_set, read_conll  # noqa: E402
+from data.conll import build_windows, collate_windows, label_set, read_conll, window_example  # noqa: E402
 from data.tokenization import load_wordpiece  # noqa: E402
 from modeling.bert import combine_layers  # noqa: E402
 from modeling.hf import load_bert  # noqa: E402
@@ -45,7 +45,7 @@ def cache_features(bert, tokenizer, sentences, max_length, stride, batch_size=32
              for s in sentences]
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        batch = collate(chunk)
+        batch = collate_windows([window_example(w) for w in chunk])
         out = bert(batch["input_ids"], None, batch["attention_mask"], output_hidden_states=True)
         stacked = torch.stack([out.hidden_states[i] for i in layers], dim=2)        # (B, T, 5, D)
         for row, w in enumerate(chunk):

@@ -1,110 +1,144 @@
-"""Dynamic padding and length-grouped batches.
+"""Batches: length-grouped (optionally by a token budget), sharded across processes, padded dynamically.
 
-`LengthGroupedSampler` yields indices whose consecutive runs of `batch_size` form batches of similar
-length: shuffle, cut into chunks of `group_size` batches, sort each chunk by length, cut into batches,
-shuffle the batches (so the model still sees random lengths across steps). Padding to the longest example
-in each batch then costs almost nothing, where random batches pay for their longest sentence.
+`LengthGroupedSampler` is a batch sampler: it yields lists of example indices. For training: shuffle, cut into
+chunks of `group_size` batches, sort each chunk by length, cut it into batches (a fixed `batch_size`, or as many
+examples as fit `max_tokens` padded tokens), and shuffle the batches, so padding costs almost nothing while the
+model still sees lengths in random order. For evaluation (`shuffle=False`): the whole split sorted by length.
 
-It subclasses `DistributedSampler` so Lightning leaves it alone under DDP: it shards batches itself
-(rank r takes batches r, r+W, ...). For training it repeats a few batches so every rank has the same
-count (DDP needs that); for evaluation (`shuffle=False`) nothing is repeated or dropped, ranks may get
-one batch fewer, and torchmetrics reduces exactly over the real examples.
+Distributed: every process builds the same batches (the order depends only on seed and epoch) and takes batches
+rank, rank + W, ... For training each process gets the same number of batches (DDP steps together), so a few are
+repeated; for evaluation nothing is repeated or dropped (a process may get one batch fewer), so metrics summed
+over processes count every example exactly once. Lightning must not add its own DistributedSampler
+(`use_distributed_sampler: false`, run.py's default).
 
-Resuming mid-epoch: `skip_batches(epoch, n)` makes the next iteration of `epoch` start after its first
-`n` batches (the order depends only on seed and epoch), so a resumed run sees the same batches as an
-uninterrupted one.
+Resuming mid-epoch: `skip_batches(epoch, n)` makes the next pass over `epoch` start after its first `n` batches, so a
+resumed run sees exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Iterator, Optional
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Sampler
 
 
-class LengthGroupedSampler(DistributedSampler):
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, group_by_length: bool = True,
-                 group_size: int = 64, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+def world() -> tuple[int, int]:
+    """(number of processes, this process's rank), (1, 0) outside torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class LengthGroupedSampler(Sampler[list[int]]):
+    def __init__(self, lengths: Sequence[int], batch_size: Optional[int] = None, *, max_tokens: Optional[int] = None,
+                 shuffle: bool = True, group_by_length: bool = True, group_size: int = 64, seed: int = 0,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None):
+        if batch_size is None and max_tokens is None:
+            raise ValueError("give batch_size, max_tokens or both")
+        if max_tokens is not None and max(lengths, default=0) > max_tokens:
+            raise ValueError(f"an example of {max(lengths)} tokens does not fit max_tokens {max_tokens}")
+        default_world, default_rank = world()
         self.lengths = torch.as_tensor(list(lengths))
-        self.batch_size = batch_size
-        self.group_by_length = group_by_length
-        self.group_size = group_size
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.shuffle, self.group_by_length, self.group_size, self.seed = shuffle, group_by_length, group_size, seed
+        self.num_replicas = default_world if num_replicas is None else num_replicas
+        self.rank = default_rank if rank is None else rank
+        self.epoch = 0
         self._skip: tuple[int, int] | None = None
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _cut(self, order: list[int]) -> list[list[int]]:
+        """Consecutive batches of `order`: `batch_size` examples, or as many as fit the token budget."""
+        if self.max_tokens is None:
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches, batch, longest = [], [], 0
+        for i in order:
+            longest_if_added = max(longest, int(self.lengths[i]))
+            full = self.batch_size is not None and len(batch) == self.batch_size
+            if batch and (full or longest_if_added * (len(batch) + 1) > self.max_tokens):
+                batches.append(batch)
+                batch, longest_if_added = [], int(self.lengths[i])
+            batch.append(i)
+            longest = longest_if_added
+        return batches + ([batch] if batch else [])
+
     def global_batches(self) -> list[list[int]]:
-        """All batches of this epoch, before sharding across ranks; a short batch, if any, comes last."""
+        """All batches of this epoch, before sharding across processes; a short batch, if any, comes last."""
         n = len(self.lengths)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        if self.group_by_length:
-            chunk = self.batch_size * self.group_size if self.shuffle else n
-            parts = []
-            for start in range(0, n, chunk):
-                idx = order[start:start + chunk]
-                parts.append(idx[torch.argsort(self.lengths[idx], descending=True, stable=True)])
-            order = torch.cat(parts) if parts else order
-        batches = [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if not self.group_by_length:
+            return self._cut(order.tolist())
+        chunk = (self.batch_size or 1) * self.group_size if self.shuffle and self.max_tokens is None else n
+        if self.shuffle and self.max_tokens is not None:       # a chunk holds about group_size budgets of tokens
+            chunk = max(1, int(self.max_tokens * self.group_size / max(1.0, float(self.lengths.float().mean()))))
+        batches = []
+        for start in range(0, n, chunk):
+            idx = order[start:start + chunk]
+            batches += self._cut(idx[torch.argsort(self.lengths[idx], descending=True, stable=True)].tolist())
         if self.shuffle and len(batches) > 1:
-            full, last = (batches[:-1], batches[-1:]) if len(batches[-1]) < self.batch_size else (batches, [])
-            perm = torch.randperm(len(full), generator=g).tolist()
-            batches = [full[i] for i in perm] + last
+            short = self.max_tokens is None and len(batches[-1]) < self.batch_size
+            full, last = (batches[:-1], batches[-1:]) if short else (batches, [])      # the short batch stays last
+            batches = [full[i] for i in torch.randperm(len(full), generator=g).tolist()] + last
         return batches
 
     def rank_batches(self) -> list[list[int]]:
         batches = self.global_batches()
         w = self.num_replicas
-        if w > 1 and self.shuffle:  # training: equal batch counts on every rank
+        if w > 1 and self.shuffle:           # training: the same number of batches on every process
             per_rank = math.ceil(len(batches) / w)
-            extra = batches[:per_rank * w - len(batches)]
-            if len(batches[-1]) < self.batch_size:  # keep the short batch last in its rank's stream
-                batches = batches[:-1] + [b for b in extra] + batches[-1:]
-            else:
-                batches = batches + extra
+            batches = batches + batches[:per_rank * w - len(batches)]
+        while w > 1 and len(batches) < w and max(map(len, batches)) > 1:   # evaluation: every process gets one
+            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            b = batches.pop(largest)
+            batches[largest:largest] = [b[:len(b) // 2], b[len(b) // 2:]]
         return batches[self.rank::w]
 
     def skip_batches(self, epoch: int, n: int) -> None:
         self._skip = (epoch, n) if n > 0 else None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         batches = self.rank_batches()
         if self._skip is not None and self._skip[0] == self.epoch:
             batches = batches[self._skip[1]:]
-            self._skip = None
-        for b in batches:
-            yield from b
+        self._skip = None
+        yield from batches
 
     def __len__(self) -> int:
-        """Examples this rank sees in a full epoch (a resumed epoch yields fewer)."""
-        return sum(len(b) for b in self.rank_batches())
-
-    def num_batches(self) -> int:
+        """Batches this process sees in a full epoch (a resumed epoch yields fewer)."""
         return len(self.rank_batches())
 
 
-def pad_collate(pad_id: int):
-    """Pads `input_ids`/`token_type_ids` to the longest example in the batch and builds `attention_mask`."""
+def pad_collate(pad: dict[str, int], masks: Optional[dict[str, str]] = None):
+    """A collate function for examples that are dicts: every key in `pad` holds a sequence, padded to the longest in
+    the batch with that key's value; every other key holds a number, stacked. `masks` maps a sequence key to the
+    name of its mask (1 = real position); default {"input_ids": "attention_mask"} when input_ids is padded."""
+    if masks is None:
+        masks = {"input_ids": "attention_mask"} if "input_ids" in pad else {}
 
     def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
-        n = len(examples)
-        input_ids = torch.full((n, longest), pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((n, longest), dtype=torch.long)
-        attention_mask = torch.zeros((n, longest), dtype=torch.long)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            input_ids[i, :k] = torch.as_tensor(e["input_ids"])
-            token_type_ids[i, :k] = torch.as_tensor(e["token_type_ids"])
-            attention_mask[i, :k] = 1
-        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
-                 "index": torch.as_tensor([e["index"] for e in examples])}
-        if "label" in examples[0]:
-            labels = [e["label"] for e in examples]
-            batch["labels"] = torch.as_tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+        batch = {}
+        for key, value in pad.items():
+            rows = [e[key] for e in examples]
+            longest = max(len(r) for r in rows)
+            out = torch.full((len(rows), longest), value, dtype=torch.long)       # (B, T)
+            for i, r in enumerate(rows):
+                out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+            batch[key] = out
+            if key in masks:
+                mask = torch.zeros(len(rows), longest, dtype=torch.long)
+                for i, r in enumerate(rows):
+                    mask[i, :len(r)] = 1
+                batch[masks[key]] = mask
+        for key in examples[0]:
+            if key not in pad:
+                values = [e[key] for e in examples]
+                batch[key] = torch.as_tensor(values, dtype=torch.float if isinstance(values[0], float) else torch.long)
         return batch
 
     return collate

@@ -5,27 +5,25 @@ Local `.tsv` / `.csv` / `.jsonl` files (columns named in the config) or a hub da
 to class ids (or floats for regression), and text is tokenised with the `tokenizers` library:
 `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` with segment ids 0 / 1. Tokenised splits are cached as
 `datasets` Arrow files keyed by file content, tokenizer and settings, so a second run skips tokenisation.
-Batches are padded dynamically and grouped by length (`data.batching`).
+Batches are padded dynamically and grouped by length (the base's `loader`).
 
-Everything `predict` needs (tokenizer, label names) is saved in the checkpoint through `state_dict`.
+The tokenizer and label names travel in the task's checkpoint (data.base), so `predict` needs nothing else.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 
-import pytorch_lightning as pl
-import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.batching import LengthGroupedSampler, pad_collate
-from data.errors import DataError
+from data.base import TaskDataModule
+from data.batching import pad_collate
+from data.errors import ConfigError, DataError
 from data.readers import read_table
-from data.tokenization import load_wordpiece, tokenizer_from_str, tokenizer_to_str
+from data.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +46,7 @@ class EncodedDataset(Dataset):
         return [len(x) for x in self.columns["input_ids"]]
 
 
-def load_tokenizer(spec: str):
-    """A tokenizer from a checkpoint directory / tokenizer.json / vocab.txt, one of our `.ckpt` files,
-    or a hub model name (when online)."""
-    path = Path(spec).expanduser()
-    if path.suffix == ".ckpt":
-        if not path.is_file():
-            raise DataError(f"{path}: checkpoint not found (data.tokenizer)")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get(ClassificationDataModule.__qualname__) or {}
-        text = state.get("tokenizer") or ckpt.get("tokenizer")
-        if not text:
-            raise DataError(f"{path}: this checkpoint holds no tokenizer")
-        return tokenizer_from_str(text)
-    if path.exists():
-        return load_wordpiece(path)
-    try:
-        from tokenizers import Tokenizer
-        tokenizer = Tokenizer.from_pretrained(spec)
-    except Exception as e:  # noqa: BLE001 - offline or unknown name
-        raise DataError(f"{spec}: not a tokenizer file or directory here, and not loadable from the hub "
-                        f"({type(e).__name__})") from None
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
-
-
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(TaskDataModule):
     def __init__(
         self,
         train_file: Optional[str] = None,
@@ -93,13 +65,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         regression: bool = False,
         tokenizer: Optional[str] = None,
         max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 128,
         group_by_length: bool = True,
-        group_size: int = 64,
-        num_workers: int = 0,
         cache_dir: Optional[str] = ".cache/tokenized",
-        seed: int = 42,
+        **kwargs,
     ):
         """
         Args:
@@ -110,24 +78,20 @@ class ClassificationDataModule(pl.LightningDataModule):
             labels: the label set, in class-id order, as written in the files (e.g. ["0", "1"]).
                 Default: the sorted distinct labels of the training file. A label outside the set is an error.
             regression: float targets (STS-B style) instead of classes.
-            tokenizer: checkpoint directory, tokenizer.json, vocab.txt, our .ckpt, or a hub name.
-                Default: taken from the checkpoint when evaluating one.
+            tokenizer: model directory, tokenizer.json, vocab.txt or a hub name. Default: the tokenizer of
+                model.pretrained (or of the checkpoint being restored).
             max_length: longest encoding in tokens; longer inputs are truncated (and counted in the log).
-            batch_size, eval_batch_size: examples per training / evaluation batch (per device).
             group_by_length: build training batches from examples of similar length.
-            group_size: batches per length-sorted chunk when grouping.
             cache_dir: where tokenised splits are cached (None: no cache).
-            seed: seed of the batch order (epoch e uses seed + e).
         """
-        super().__init__()
+        super().__init__(**kwargs)
+        if max_length < 3:
+            raise ConfigError(f"data.max_length {max_length}: must be at least 3 ([CLS] x [SEP])")
         self.save_hyperparameters()
-        self.files = {"fit": train_file, "validate": val_file, "test": test_file, "predict": predict_file}
-        self.label_names: Optional[list[str]] = [str(x) for x in labels] if labels is not None else None
-        self.tokenizer = None
+        self.labels: Optional[list[str]] = [str(x) for x in labels] if labels is not None else None
+        self.regression, self.text_pair_column, self.max_length = regression, text_pair_column, max_length
         self._raw: dict[str, dict] = {}
         self._encoded: dict[str, EncodedDataset] = {}
-        self._resume: tuple[int, int] | None = None
-        self._train_sampler: Optional[LengthGroupedSampler] = None
 
     # ---- reading and checking ---------------------------------------------------------------------------
     def _source(self, split: str) -> tuple[Optional[str], Optional[str]]:
@@ -172,7 +136,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Class ids (or floats for regression); an unknown label is an error naming file and line."""
         hp, origin = self.hparams, table["_origin"]
         raw = table[hp.label_column]
-        if hp.regression:
+        if self.regression:
             out = []
             for value, line in zip(raw, table["_line"]):
                 try:
@@ -181,12 +145,12 @@ class ClassificationDataModule(pl.LightningDataModule):
                     raise DataError(f"{origin}, line {line}: label {value!r} is not a number "
                                     f"(regression data)") from None
             return out
-        index = {name: i for i, name in enumerate(self.label_names)}
+        index = {name: i for i, name in enumerate(self.labels)}
         out = []
         for value, line in zip(raw, table["_line"]):
             if value not in index:
                 raise DataError(f"{origin}, line {line}: label {value!r} is not in the label set "
-                                f"{self.label_names}")
+                                f"{self.labels}")
             out.append(index[value])
         return out
 
@@ -209,63 +173,40 @@ class ClassificationDataModule(pl.LightningDataModule):
             if split == "val" and stage == "fit" and not (hp.val_file or hp.dataset):
                 continue
             self._raw[split] = self._read(split, need_labels=split != "predict")
-        if stage == "fit" and not hp.regression and self.label_names is None:
-            self.label_names = self._infer_labels(self._raw["train"][hp.label_column])
-            log.info("labels inferred from %s: %s", self._raw["train"]["_origin"], self.label_names)
-        if hp.regression or self.label_names is not None:  # else: labels come from the checkpoint
+        if stage == "fit" and not self.regression and self.labels is None:
+            self.labels = self._infer_labels(self._raw["train"][hp.label_column])
+            log.info("labels inferred from %s: %s", self._raw["train"]["_origin"], self.labels)
+        if self.regression or self.labels is not None:  # else: labels come from the checkpoint
             for split in splits:
                 table = self._raw.get(split)
                 if table is not None and split != "predict" and "targets" not in table:
                     table["targets"] = self._labels_to_targets(table)
-        if stage == "fit" and self.tokenizer is None:
-            self.tokenizer = self._tokenizer_from_config()
+        if self.tokenizer is None and hp.tokenizer:
+            self.tokenizer = load_tokenizer(hp.tokenizer)
 
-    def _tokenizer_from_config(self):
-        if not self.hparams.tokenizer:
-            raise DataError("no tokenizer: set data.tokenizer (a checkpoint directory, tokenizer.json or vocab.txt)")
-        return load_tokenizer(self.hparams.tokenizer)
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.hparams.regression else len(self.label_names or [])
-
-    def state_dict(self) -> dict:
-        state = {"tokenizer": tokenizer_to_str(self.tokenizer) if self.tokenizer is not None else None,
-                 "labels": self.label_names, "regression": self.hparams.regression,
-                 "text_pair": self.hparams.text_pair_column is not None}
-        trainer = self.trainer
-        if trainer is not None and trainer.state.fn == "fit":
-            state["epoch"] = trainer.current_epoch
-            state["batches_done"] = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("tokenizer"):
-            self.tokenizer = tokenizer_from_str(state["tokenizer"])
-        if state.get("labels") is not None and state["labels"] != self.label_names:
-            if self.hparams.labels is not None:
-                raise DataError(f"the checkpoint's labels {state['labels']} differ from data.labels "
-                                f"{self.label_names}")
-            self.label_names = list(state["labels"])
-            for table in self._raw.values():  # re-mapped with the checkpoint's labels when first loaded
-                table.pop("targets", None)
-            self._encoded.clear()
-        if "batches_done" in state:
-            self._resume = (state["epoch"], state["batches_done"])
-            # Lightning cannot see that the sampler resumes mid-epoch (skip_batches); do not warn that it won't
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+    def adopt(self, blueprint) -> None:
+        """A restored checkpoint's tokenizer, labels and kind (classes or regression) win over the settings."""
+        if self.hparams.labels is not None and blueprint.labels is not None and \
+                [str(x) for x in self.hparams.labels] != list(blueprint.labels):
+            raise DataError(f"the checkpoint's labels {blueprint.labels} differ from data.labels {self.hparams.labels}")
+        super().adopt(blueprint)
+        self.regression = blueprint.settings.get("regression", self.regression)
+        for table in self._raw.values():          # re-mapped with the checkpoint's labels when first loaded
+            table.pop("targets", None)
+        self._encoded.clear()
 
     # ---- tokenisation (cached) -------------------------------------------------------------------------------
     def _encoded_split(self, split: str) -> EncodedDataset:
         if split in self._encoded:
             return self._encoded[split]
         if self.tokenizer is None:
-            self.tokenizer = self._tokenizer_from_config()
+            raise DataError("no tokenizer: set data.tokenizer (a model directory, tokenizer.json or vocab.txt) or "
+                            "model.pretrained")
         if split not in self._raw:
             self._raw[split] = self._read(split, need_labels=split != "predict")
         table = self._raw[split]
         if split != "predict" and "targets" not in table:
-            if self.label_names is None and not self.hparams.regression:
+            if self.labels is None and not self.regression:
                 raise DataError(f"{table['_origin']}: unknown label set: set data.labels or evaluate a checkpoint")
             table["targets"] = self._labels_to_targets(table)
         key = self._cache_key(table)
@@ -274,7 +215,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             cached = self._tokenize(table)
             self._save_cache(key, cached)
         if "targets" in table:
-            cached["label"] = table["targets"]
+            cached["labels"] = table["targets"]
         cached["index"] = list(range(len(cached["input_ids"])))
         self._encoded[split] = EncodedDataset(cached)
         return self._encoded[split]
@@ -300,7 +241,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _cache_key(self, table: dict) -> str:
         hp = self.hparams
         h = hashlib.sha1()
-        h.update(tokenizer_to_str(self.tokenizer).encode())
+        h.update(self.tokenizer.to_str().encode())
         h.update(json.dumps([hp.text_column, hp.text_pair_column, hp.max_length]).encode())
         for column in (hp.text_column, hp.text_pair_column):
             if column:
@@ -330,44 +271,24 @@ class ClassificationDataModule(pl.LightningDataModule):
         tmp.rename(path) if not path.exists() else None
 
     # ---- loaders ------------------------------------------------------------------------------------------
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.token_to_id("[PAD]")
-        return 0 if pad is None else pad
-
-    def _world(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        hp = self.hparams
+    def _loader(self, split: str, train: bool = False, keep_order: bool = False) -> DataLoader:
         data = self._encoded_split(split)
-        world, rank = self._world()
-        batch_size = hp.batch_size if train else hp.eval_batch_size
-        sampler = LengthGroupedSampler(data.lengths, batch_size, shuffle=train,
-                                       group_by_length=hp.group_by_length or not train, group_size=hp.group_size,
-                                       seed=hp.seed, num_replicas=world, rank=rank)
-        if train:
-            self._train_sampler = sampler
-            if self._resume is not None:
-                sampler.skip_batches(*self._resume)
-                self._resume = None
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=pad_collate(self._pad_id()),
-                          num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        pad = self.tokenizer.token_to_id("[PAD]") or 0
+        collate = pad_collate({"input_ids": pad, "token_type_ids": 0})
+        return self.loader(data, data.lengths, collate, train=train, group_by_length=self.hparams.group_by_length,
+                           keep_order=keep_order)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        data = self._encoded_split("predict")
-        return DataLoader(data, batch_size=self.hparams.eval_batch_size, shuffle=False,
-                          collate_fn=pad_collate(self._pad_id()), num_workers=self.hparams.num_workers)
+        return self._loader("predict", keep_order=True)
 
     def predict_text(self, index: int) -> dict:
         """The input row `index` of the predict file (for the prediction output)."""

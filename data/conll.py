@@ -17,18 +17,18 @@ each word is labelled (and predicted) in the one window where it has the most co
 """
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytorch_lightning as pl
-import torch
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from data.errors import DataError
-from data.tokenization import load_wordpiece, tokenizer_from_str
+from data.base import TaskDataModule
+from data.batching import pad_collate
+from data.errors import ConfigError, DataError
+from data.readers import read_text
+from data.tokenization import load_tokenizer
 
 IGNORE = -100
 TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
@@ -65,8 +65,7 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
                labels: list[str] | None = None) -> list[Sentence]:
     """Sentences of a CoNLL file. `labels`, when given, is the closed tag set: any other tag is an error."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: CoNLL file not found")
+    text = read_text(path)
     known = set(labels) if labels is not None else None
     sentences: list[Sentence] = []
     words, tags, lines = [], [], []
@@ -88,32 +87,31 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
             sentences.append(Sentence(words, bio, doc, lines[0]))
         words, tags, lines = [], [], []
 
-    with path.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if line.startswith("-DOCSTART-"):
-                close()
-                if sentences and sentences[-1].doc == doc:
-                    doc += 1
-                continue
-            if not line:
-                close()
-                continue
-            cols = line.split()
-            if columns is None:
-                if len(cols) < 2:
-                    raise ConllFormatError(f"{path}, line {lineno}: expected at least 2 columns (token ... tag), "
-                                           f"got {len(cols)}: {line!r}")
-                columns = len(cols)
-            elif len(cols) != columns:
-                raise ConllFormatError(f"{path}, line {lineno}: expected {columns} columns like the file's first line, "
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("-DOCSTART-"):
+            close()
+            if sentences and sentences[-1].doc == doc:
+                doc += 1
+            continue
+        if not line:
+            close()
+            continue
+        cols = line.split()
+        if columns is None:
+            if len(cols) < 2:
+                raise ConllFormatError(f"{path}, line {lineno}: expected at least 2 columns (token ... tag), "
                                        f"got {len(cols)}: {line!r}")
-            tag = cols[-1]
-            if not TAG_RE.match(tag):
-                raise ConllFormatError(f"{path}, line {lineno}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
-            words.append(cols[0])
-            tags.append(tag)
-            lines.append(lineno)
+            columns = len(cols)
+        elif len(cols) != columns:
+            raise ConllFormatError(f"{path}, line {lineno}: expected {columns} columns like the file's first line, "
+                                   f"got {len(cols)}: {line!r}")
+        tag = cols[-1]
+        if not TAG_RE.match(tag):
+            raise ConllFormatError(f"{path}, line {lineno}: tag {tag!r} is not BIO (O, B-TYPE or I-TYPE)")
+        words.append(cols[0])
+        tags.append(tag)
+        lines.append(lineno)
     close()
     if not sentences:
         raise ConllFormatError(f"{path}: no sentences in this file")
@@ -130,21 +128,20 @@ TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
 
 def read_plain_text(path: str | Path) -> list[Sentence]:
-    """One sentence per line, tokenized on whitespace and punctuation; blank lines separate documents."""
+    """One sentence per line, tokenized on whitespace and punctuation; blank lines separate documents. Every line is
+    kept, a blank one as a sentence without words, so predictions line up one to one with the input lines."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: text file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: text file not found" if not path.exists() else f"{path}: not a file")
     sentences, doc = [], 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         matches = list(TOKEN_RE.finditer(line))
-        if not matches:
-            if sentences and sentences[-1].doc == doc:
-                doc += 1
-            continue
+        if not matches and sentences and sentences[-1].doc == doc and sentences[-1].words:
+            doc += 1
         words = [m.group() for m in matches]
-        sentences.append(Sentence(words, ["O"] * len(words), doc, lineno,
-                                  spans=[m.span() for m in matches], text=line))
-    if not sentences:
+        sentences.append(Sentence(words, ["O"] * len(words), doc, lineno, spans=[m.span() for m in matches],
+                                  text=line))
+    if not any(s.words for s in sentences):
         raise DataError(f"{path}: no text to tag")
     return sentences
 
@@ -217,13 +214,13 @@ def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dic
     """Cut sentences (or whole documents) into windows of at most `max_length` sub-tokens with specials.
     `label2id=None` leaves every position unlabelled (IGNORE), for inputs without gold tags."""
     if context not in ("sentence", "document"):
-        raise ValueError(f"context must be 'sentence' or 'document', got {context!r}")
+        raise ConfigError(f"data.context {context!r}: choose sentence or document")
     room = max_length - 2
     if room < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for tokens between [CLS] and [SEP]")
+        raise ConfigError(f"data.max_length {max_length}: leaves no room for tokens between [CLS] and [SEP]")
     stride = room if stride is None else stride
     if not 0 < stride <= room:
-        raise ValueError(f"stride must be in 1..{room} (max_length - 2), got {stride}")
+        raise ConfigError(f"data.stride {stride}: must be in 1..{room} (max_length - 2)")
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
 
     groups: list[list[int]] = []             # sentence indices encoded together
@@ -305,170 +302,120 @@ def words_to_tags(sentences: list[Sentence], windows: list[Window], predictions:
 
 # --------------------------------------------------------------------------- batching
 
-class WindowDataset(Dataset):
-    def __init__(self, windows: list[Window]):
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return len(self.windows)
-
-    def __getitem__(self, index: int) -> Window:
-        return self.windows[index]
+def window_example(w: Window) -> dict:
+    """A window as the dict the padding collate takes."""
+    return {"input_ids": w.input_ids, "labels": w.labels, "casing": w.casing, "index": w.index}
 
 
-def collate(windows: list[Window], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    width = max(len(w.input_ids) for w in windows)
-    batch = {
-        "input_ids": torch.full((len(windows), width), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros(len(windows), width, dtype=torch.long),
-        "labels": torch.full((len(windows), width), IGNORE, dtype=torch.long),
-        "casing": torch.zeros(len(windows), width, dtype=torch.long),
-        "index": torch.tensor([w.index for w in windows], dtype=torch.long),
-    }
-    for i, w in enumerate(windows):
-        n = len(w.input_ids)
-        batch["input_ids"][i, :n] = torch.tensor(w.input_ids)
-        batch["attention_mask"][i, :n] = 1
-        batch["labels"][i, :n] = torch.tensor(w.labels)
-        batch["casing"][i, :n] = torch.tensor(w.casing)
-    return batch
+collate_windows = pad_collate({"input_ids": 0, "labels": IGNORE, "casing": 0})   # [PAD] is 0 in BERT vocabularies
 
 
-class LengthGroupedSampler(Sampler[list[int]]):
-    """Batches of similar length (less padding): shuffle, sort within pools of 50 batches, shuffle batches."""
+class CoNLLDataModule(TaskDataModule):
+    """CoNLL-2003 train/validation/test files, or plain text to tag (`predict_file`).
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, pool: int = 50):
-        self.lengths, self.batch_size, self.seed, self.pool, self.epoch = lengths, batch_size, seed, pool, 0
-
-    def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        size = self.batch_size * self.pool
-        batches = []
-        for start in range(0, len(order), size):
-            pool = sorted(order[start:start + size], key=lambda i: self.lengths[i])
-            batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
-
-
-class CoNLLDataModule(pl.LightningDataModule):
-    """CoNLL-2003 train/validation/test files, or plain text to tag (`predict_file`)."""
+    For evaluation a task reads `examples(split)`: the sentences (gold tags) and the windows their words were cut
+    into; each batch carries the windows' `index`, which maps predictions back to words (`words_to_tags`).
+    """
 
     def __init__(self, tokenizer: str | None = None, train_file: str | None = None, val_file: str | None = None,
-                 test_file: str | None = None, predict_file: str | None = None, max_length: int = 128,
-                 context: str = "sentence", stride: int | None = None, eval_stride: int | None = None,
-                 label_all_subtokens: bool = False, iob1: bool = False, strict_bio: bool = False,
-                 batch_size: int = 32, eval_batch_size: int = 64, length_grouped: bool = True,
-                 num_workers: int = 0, seed: int = 0, limit_train: int = 0):
-        super().__init__()
+                 test_file: str | None = None, predict_file: str | None = None, labels: list[str] | None = None,
+                 max_length: int = 128, context: str = "sentence", stride: int | None = None,
+                 eval_stride: int | None = None, label_all_subtokens: bool = False, iob1: bool = False,
+                 strict_bio: bool = False, group_by_length: bool = True, limit_train: int = 0, **kwargs):
+        """
+        Args:
+            tokenizer: model directory, tokenizer.json or vocab.txt (default: model.pretrained's, or the checkpoint's).
+            train_file, val_file, test_file: CoNLL files (token ... tag per line); predict_file: plain text, one
+                sentence per line, blank lines between documents.
+            labels: the tag set in output order (default: O then B-/I- of each type in the training file).
+            max_length: sub-tokens per window, [CLS] and [SEP] included.
+            context: "sentence" (each sentence alone) or "document" (windows over whole documents).
+            stride, eval_stride: sub-tokens between window starts in document context (default: no overlap).
+            label_all_subtokens: every sub-token carries its word's label (default: the first only).
+            iob1: the files are IOB1 (converted to BIO); strict_bio: an I- that does not continue its type is an error.
+            group_by_length: training batches of windows of similar length.
+            limit_train: use only the first N training sentences (0: all).
+        """
+        super().__init__(**kwargs)
+        if context not in ("sentence", "document"):
+            raise ConfigError(f"data.context {context!r}: choose sentence or document")
+        if max_length < 3:
+            raise ConfigError(f"data.max_length {max_length}: must be at least 3 ([CLS] x [SEP])")
         self.save_hyperparameters()
-        self.tokenizer: Tokenizer | None = load_wordpiece(tokenizer) if tokenizer else None
-        self.labels: list[str] | None = None
+        self.max_length = max_length
+        self.labels = list(labels) if labels else None
         self.sentences: dict[str, list[Sentence]] = {}
-        self.windows: dict[str, list[Window]] = {}
-        self.truncated_words: dict[str, int] = {}
+        self._windows: dict[str, list[Window]] = {}
 
-    def use_vocabulary(self, tokenizer_str: str, labels: list[str] | None) -> None:
-        """A restored checkpoint's tokenizer and labels are the ones its model was trained with: switch to them
-        (windows already built with another tokenizer are rebuilt on the next `setup`)."""
-        tokenizer = tokenizer_from_str(tokenizer_str)
-        if self.tokenizer is None or tokenizer.to_str() != self.tokenizer.to_str() or labels != self.labels:
-            self.tokenizer, self.labels = tokenizer, list(labels) if labels else self.labels
-            self.windows.clear()
-            for split in getattr(self, "stage_splits", []):
-                self._build(split)
-
-    def read_labels(self) -> list[str]:
-        """The label set of the training file (read once); used to size the model before `setup`."""
-        if self.labels is None:
-            if not self.hparams.train_file:
-                raise DataError("ner: no label set: give data.train_file or load a checkpoint that stores labels")
-            self.sentences["train"] = self._read(self.hparams.train_file)
-            self.labels = label_set(self.sentences["train"])
-        return self.labels
+    def adopt(self, blueprint) -> None:
+        super().adopt(blueprint)
+        self._windows.clear()                 # cut again with the checkpoint's tokenizer
 
     def _read(self, path: str, labels: list[str] | None = None) -> list[Sentence]:
         h = self.hparams
         return read_conll(path, iob1=h.iob1, strict_bio=h.strict_bio, labels=labels)
 
     def setup(self, stage: str | None = None) -> None:
-        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}
-        self.stage_splits = splits.get(stage, ["train", "val", "test"])
-        if self.tokenizer is None:
-            return       # a checkpoint being restored may bring one (use_vocabulary); the loaders check
-        for split in self.stage_splits:
-            if split not in self.windows:
-                self._build(split)
-
-    def _build(self, split: str) -> None:
+        """Reads and checks this stage's files (windows are cut later, once the tokenizer is known)."""
         h = self.hparams
-        if split == "predict":
-            if not h.predict_file:
-                raise DataError("ner predict: give data.predict_file (plain text, one sentence per line)")
-            sentences = read_plain_text(h.predict_file)
-        else:
-            path = {"train": h.train_file, "val": h.val_file, "test": h.test_file}[split]
-            if not path:
-                raise DataError(f"ner: data.{split}_file is required for this stage")
-            if split == "train":
-                sentences = self.sentences["train"] if "train" in self.sentences else self._read(h.train_file)
-                self.sentences["train"] = sentences
-                if self.labels is None:
-                    self.labels = label_set(sentences)
-                if h.limit_train:
-                    sentences = sentences[:h.limit_train]
-            else:
-                if self.labels is None and h.train_file:
-                    self.read_labels()
-                sentences = self._read(path, self.labels)
-        # evaluation windows carry no labels: gold tags are read from the sentences themselves
-        label2id = {t: i for i, t in enumerate(self.labels)} if split == "train" else None
-        stride = h.stride if split == "train" else (h.eval_stride or h.stride)
-        self.sentences[split] = sentences
-        self.windows[split] = build_windows(self.tokenizer, sentences, label2id, max_length=h.max_length,
-                                            context=h.context, stride=stride,
-                                            label_all_subtokens=h.label_all_subtokens and split == "train")
-        covered = sum(len(w.targets) for w in self.windows[split])
-        self.truncated_words[split] = sum(len(s.words) for s in sentences) - covered
+        if self.tokenizer is None and h.tokenizer:
+            self.tokenizer = load_tokenizer(h.tokenizer)
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}[stage]
+        if "train" in splits:
+            if not h.train_file:
+                raise DataError("ner: data.train_file is required to train")
+            self.sentences["train"] = self._read(h.train_file)
+            if self.labels is None:
+                self.labels = label_set(self.sentences["train"])
+        for split in splits:
+            if split == "predict":
+                if not h.predict_file:
+                    raise DataError("ner predict: give data.predict_file (plain text, one sentence per line)")
+                self.sentences["predict"] = read_plain_text(h.predict_file)
+            elif split != "train":
+                path = {"val": h.val_file, "test": h.test_file}[split]
+                if path is None and split == "val" and stage == "fit":
+                    continue
+                if path is None:
+                    raise DataError(f"ner: data.{split}_file is required for this stage")
+                self.sentences[split] = self._read(path, self.labels)
 
-    def _windows(self, split: str) -> list[Window]:
-        if split not in self.windows:
-            raise DataError("ner: no tokenizer: give data.tokenizer (a model directory or vocab.txt) "
-                            "or a checkpoint (--ckpt_path) that carries one")
-        return self.windows[split]
+    def examples(self, split: str) -> tuple[list[Sentence], list[Window]]:
+        """The sentences of a split and the windows cut from them (each window's `targets` says which words it
+        predicts; every word is predicted by at most one window)."""
+        if split not in self._windows:
+            if self.tokenizer is None:
+                raise DataError("ner: no tokenizer: give data.tokenizer (a model directory or vocab.txt), "
+                                "model.pretrained, or a checkpoint (--ckpt_path) that carries one")
+            h = self.hparams
+            sentences = self.sentences[split]
+            if split == "train" and h.limit_train:
+                sentences = sentences[:h.limit_train]
+            # evaluation windows carry no labels: gold tags are read from the sentences themselves
+            label2id = {t: i for i, t in enumerate(self.labels)} if split == "train" else None
+            stride = h.stride if split == "train" else (h.eval_stride or h.stride)
+            self._windows[split] = build_windows(self.tokenizer, sentences, label2id, max_length=h.max_length,
+                                                 context=h.context, stride=stride,
+                                                 label_all_subtokens=h.label_all_subtokens and split == "train")
+        return self.sentences[split], self._windows[split]
+
+    def _loader(self, split: str, **kwargs) -> DataLoader:
+        _, windows = self.examples(split)
+        return self.loader([window_example(w) for w in windows], [len(w.input_ids) for w in windows],
+                           collate_windows, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        windows = self._windows("train")
-        h = self.hparams
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        # several processes: a plain shuffled loader, which Lightning shards with a DistributedSampler (document
-        # windows are nearly all full length, so grouping by length matters little there)
-        if h.length_grouped and not distributed:
-            sampler = LengthGroupedSampler([len(w.input_ids) for w in windows], h.batch_size, seed=h.seed)
-            return DataLoader(WindowDataset(windows), batch_sampler=sampler, collate_fn=collate,
-                              num_workers=h.num_workers)
-        return DataLoader(WindowDataset(windows), batch_size=h.batch_size, shuffle=True, collate_fn=collate,
-                          num_workers=h.num_workers)
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        # keep file order: the task maps predictions back to words by batch position
-        return DataLoader(WindowDataset(self._windows(split)), batch_size=self.hparams.eval_batch_size,
-                          shuffle=False, collate_fn=collate, num_workers=self.hparams.num_workers)
+        return self._loader("train", train=True, group_by_length=self.hparams.group_by_length)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("predict")
+        # file order: the task writes each sentence's entities as soon as all its windows are predicted
+        return self._loader("predict", train=False, keep_order=True)
 
 
 def entities_json(sentence: Sentence, tags: list[str]) -> dict:

@@ -8,6 +8,7 @@ required value, a line that is not JSON.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -17,36 +18,54 @@ from data.errors import DataError
 csv.field_size_limit(sys.maxsize)
 
 
+def read_text(path: str | Path) -> str:
+    """A text file's content. UTF-8, with a byte-order mark at the start dropped (Excel writes one) and any line
+    ending (CRLF included); a byte that is not UTF-8 is a DataError naming its line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file (a directory?)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") \
+            from None
+    return text.removeprefix("\ufeff")
+
+
 def read_table(path: str | Path, columns: list[str], optional: tuple[str, ...] = ()) -> dict[str, list]:
     """Read `columns` (all required) and `optional` columns (kept when present) from a .tsv/.csv/.jsonl file.
 
     Returns a dict column -> list of strings, with the extra key "_line" (1-based file line of each row).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        table = _read_jsonl(path, columns, optional)
-    elif suffix in (".tsv", ".csv", ".txt"):
-        table = _read_delimited(path, columns, optional, "," if suffix == ".csv" else "\t")
-    else:
+    if suffix not in (".jsonl", ".json", ".tsv", ".csv", ".txt"):
         raise DataError(f"{path}: unknown file type {suffix!r}; expected .tsv, .csv or .jsonl")
+    text = read_text(path)
+    if suffix in (".jsonl", ".json"):
+        table = _read_jsonl(path, text, columns, optional)
+    else:
+        table = _read_delimited(path, text, columns, optional, "," if suffix == ".csv" else "\t")
     if not table["_line"]:
         raise DataError(f"{path}: no data rows (the file is empty or holds only a header)")
     return table
 
 
-def _read_delimited(path: Path, columns: list[str], optional: tuple[str, ...], delimiter: str) -> dict[str, list]:
+def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[str, ...],
+                    delimiter: str) -> dict[str, list]:
     kind = "tab" if delimiter == "\t" else "comma"
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(text, newline="") as f:
         # GLUE TSVs are not quoted (sentences contain bare quotes), so only CSV uses quoting.
         reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
         try:
             header = next(reader)
         except StopIteration:
             raise DataError(f"{path}: file is empty (expected a header line naming the columns)") from None
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise DataError(f"{path}, line 1: cannot parse header: {e}") from None
         header = [h.strip() for h in header]
         missing = [c for c in columns if c not in header]
@@ -60,7 +79,7 @@ def _read_delimited(path: Path, columns: list[str], optional: tuple[str, ...], d
             for row in reader:
                 line = reader.line_num
                 if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
+                    raise DataError(f"{path}, line {line}: empty line (every line after the header is one example)")
                 if len(row) != len(header):
                     raise DataError(f"{path}, line {line}: expected {len(header)} {kind}-separated fields "
                                     f"({', '.join(header)}), found {len(row)}")
@@ -70,38 +89,33 @@ def _read_delimited(path: Path, columns: list[str], optional: tuple[str, ...], d
                         raise DataError(f"{path}, line {line}: empty value in column {c!r}")
                     table[c].append(value)
                 table["_line"].append(line)
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise DataError(f"{path}, line {line + 1}: cannot parse: {e}") from None
     return table
 
 
-def _read_jsonl(path: Path, columns: list[str], optional: tuple[str, ...]) -> dict[str, list]:
+def _read_jsonl(path: Path, text: str, columns: list[str], optional: tuple[str, ...]) -> dict[str, list]:
     table: dict[str, list] = {c: [] for c in [*columns, *optional]}
     table["_line"] = []
     seen_optional = set()
-    with path.open(encoding="utf-8") as f:
+    for line, row_text in enumerate(text.splitlines(), start=1):
+        if not row_text.strip():
+            raise DataError(f"{path}, line {line}: empty line (every line is one JSON object)")
         try:
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {line}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}, line {line}: expected a JSON object, found {type(row).__name__}")
-                for c in columns:
-                    if c not in row or row[c] is None or str(row[c]).strip() == "":
-                        raise DataError(f"{path}, line {line}: missing or empty key {c!r} "
-                                        f"(keys: {', '.join(map(str, row))})")
-                    table[c].append(str(row[c]).strip())
-                for c in optional:
-                    if c in row:
-                        seen_optional.add(c)
-                    table[c].append(str(row[c]).strip() if row.get(c) is not None else "")
-                table["_line"].append(line)
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e})") from None
+            row = json.loads(row_text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {line}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {line}: expected a JSON object, found {type(row).__name__}")
+        for c in columns:
+            if c not in row or row[c] is None or str(row[c]).strip() == "":
+                raise DataError(f"{path}, line {line}: missing or empty key {c!r} (keys: {', '.join(map(str, row))})")
+            table[c].append(str(row[c]).strip())
+        for c in optional:
+            if c in row:
+                seen_optional.add(c)
+            table[c].append(str(row[c]).strip() if row.get(c) is not None else "")
+        table["_line"].append(line)
     for c in optional:
         if c not in seen_optional:
             del table[c]

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from data.base import TaskDataModule
 from data.errors import ConfigError, DataError
+from data.readers import read_text
 from data.lm_tokenizer import TextTokenizer
 
 CACHE_VERSION = "1"
@@ -41,18 +42,8 @@ def default_cache_dir() -> Path:
 # Reading and splitting
 # ---------------------------------------------------------------------------------------------------------
 def read_documents(paths: Sequence[str | Path]) -> list[str]:
-    docs = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: text file not found")
-        raw = path.read_bytes()
-        try:
-            docs.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start})") from None
-    return docs
+    """One document per file: its UTF-8 text, Windows line ends read as "\\n" (data.readers.read_text)."""
+    return [read_text(path).replace("\r\n", "\n") for path in paths]
 
 
 def split_documents(docs: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -129,8 +120,8 @@ def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str
         return TextTokenizer.char_from_text(all_docs)
     if kind == "gpt2":
         if not path:
-            raise ValueError("data.tokenizer_path: the GPT-2 tokenizer needs a directory with encoder.json + "
-                             "vocab.bpe (e.g. ../shared/data/tokenizers/gpt2)")
+            raise ConfigError("data.tokenizer_path: the GPT-2 tokenizer needs a directory with encoder.json + "
+                              "vocab.bpe (e.g. ../shared/data/tokenizers/gpt2)")
         return TextTokenizer.gpt2(path)
     if kind == "bpe":
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +133,7 @@ def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str
         tmp.write_text(tok.to_str())
         os.replace(tmp, saved)
         return tok
-    raise ValueError(f"data.tokenizer: unknown tokenizer {kind!r}: expected char, gpt2 or bpe")
+    raise ConfigError(f"data.tokenizer {kind!r}: unknown tokenizer, expected char, gpt2 or bpe")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,22 +151,24 @@ class RandomBlocks(IterableDataset):
     visits the blocks starting at r, r + block_size, r + 2·block_size, … in a random order, so every token
     is seen once per epoch before any is seen twice.
 
-    `num_batches=None` streams forever (training by steps); otherwise each pass yields `num_batches` fresh
-    batches. The generator is seeded once and advances across passes, so successive evaluations draw new
-    batches and a rerun with the same seed draws the same ones.
+    `num_batches=None` streams forever (training by steps) from one generator seeded once; `skip` batches are
+    drawn and dropped at its start, so a resumed run continues the stream where the checkpoint left it. Otherwise
+    (evaluation) pass p yields `num_batches` batches from a generator seeded with (seed, p): successive
+    evaluations draw new batches, a rerun draws the same ones, and a resumed run (`passes` restored) too.
     """
 
     SAMPLING = ("random", "shuffled")
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 num_batches: int | None = None, sampling: str = "random"):
+                 num_batches: int | None = None, sampling: str = "random", skip: int = 0):
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1")
         if sampling not in self.SAMPLING:
             raise ValueError(f"sampling {sampling!r} is not one of {self.SAMPLING}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.num_batches, self.seed, self.sampling = num_batches, seed, sampling
+        self.num_batches, self.seed, self.sampling, self.skip = num_batches, seed, sampling, skip
         self.rng = np.random.default_rng(seed)
+        self.passes = 0
         self._offsets = np.arange(block_size + 1)
 
     def __len__(self) -> int:
@@ -188,7 +181,13 @@ class RandomBlocks(IterableDataset):
         info = torch.utils.data.get_worker_info()
         if info is not None:  # each worker its own stream
             rng = np.random.default_rng([self.seed, info.id])
+        elif self.num_batches is not None:
+            rng = np.random.default_rng([self.seed, self.passes])
+            self.passes += 1
         starts_stream = self._random_starts(rng) if self.sampling == "random" else self._shuffled_starts(rng)
+        for _ in range(self.skip):
+            next(starts_stream)
+        self.skip = 0
         i = 0
         while self.num_batches is None or i < self.num_batches:
             starts = next(starts_stream)
@@ -273,7 +272,7 @@ class SlidingWindows(Dataset):
 # ---------------------------------------------------------------------------------------------------------
 # DataModule
 # ---------------------------------------------------------------------------------------------------------
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(TaskDataModule):
     """Language-modelling data from plain-text files.
 
     Args:
@@ -282,48 +281,59 @@ class TextDataModule(pl.LightningDataModule):
         test_file: a text file scored by `lm test` with a sliding window of `block_size` and `test_stride`.
         tokenizer: "char", "gpt2" (needs `tokenizer_path`) or "bpe" (a byte-level BPE of `bpe_vocab_size`
             trained on the training part). A model restored from a checkpoint brings its own tokenizer, which
-            then wins (set by the task through `use_tokenizer`).
+            then wins.
+        block_size: tokens per training example (the model's context is at least this long).
+        batch_size: blocks per training batch; seed: seeds the training stream and the validation draws.
         val_batches: evaluate on this many random batches per validation, as nanoGPT's `estimate_loss`
             (`eval_iters`); 0 evaluates the whole validation split, every token once.
         train_sampling: "random" (uniform random offsets, nanoGPT's) or "shuffled" (epochs without
             replacement at a random phase); see `RandomBlocks`.
-        seed: seeds the training stream and the validation draws.
+        predict_file: prompts for `lm predict`, one per line (an empty line: generate from the start of a text).
     """
 
     def __init__(self, train_files: list[str] | None = None, test_file: str | None = None,
                  tokenizer: str = "char", tokenizer_path: str | None = None, bpe_vocab_size: int = 4096,
-                 block_size: int = 64, batch_size: int = 12, val_fraction: float = 0.1, val_batches: int = 20,
-                 eval_batch_size: int | None = None, test_stride: int | None = None, seed: int = 1337,
-                 train_sampling: Literal["random", "shuffled"] = "random", cache_dir: str | None = None, num_workers: int = 0):
-        super().__init__()
+                 block_size: int = 64, val_fraction: float = 0.1, val_batches: int = 20,
+                 test_stride: int | None = None, train_sampling: Literal["random", "shuffled"] = "random",
+                 predict_file: str | None = None, cache_dir: str | None = None, batch_size: int = 12,
+                 seed: int = 1337, **kwargs):
+        super().__init__(batch_size=batch_size, seed=seed, **kwargs)
         self.save_hyperparameters()
         self.train_files = [train_files] if isinstance(train_files, str) else list(train_files or [])
-        self.test_file = test_file
+        self.test_file, self.predict_file = test_file, predict_file
         self.tokenizer_kind, self.tokenizer_path, self.bpe_vocab_size = tokenizer, tokenizer_path, bpe_vocab_size
-        self.block_size, self.batch_size = block_size, batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.val_fraction, self.val_batches, self.test_stride = val_fraction, val_batches, test_stride
-        self.seed, self.num_workers = seed, num_workers
+        checks = [("block_size", block_size, block_size >= 1, "must be at least 1"),
+                  ("val_fraction", val_fraction, 0 <= val_fraction < 1, "must be in [0, 1)"),
+                  ("val_batches", val_batches, val_batches >= 0, "must be >= 0"),
+                  ("test_stride", test_stride, test_stride is None or 1 <= test_stride <= block_size,
+                   f"must be in [1, block_size={block_size}]"),
+                  ("bpe_vocab_size", bpe_vocab_size, bpe_vocab_size >= 257, "must be at least 257 (the bytes + 1)")]
+        for key, value, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"data.{key} {value}: {rule}")
         if train_sampling not in RandomBlocks.SAMPLING:
             raise ConfigError(f"data.train_sampling: {train_sampling!r} is not one of {RandomBlocks.SAMPLING}")
-        self.train_sampling = train_sampling
+        self.block_size, self.val_fraction, self.val_batches = block_size, val_fraction, val_batches
+        self.test_stride, self.train_sampling = test_stride, train_sampling
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.tokenizer: TextTokenizer | None = None
         self.splits: dict[str, np.ndarray] = {}
         self._val_stream: RandomBlocks | None = None
+        self._val_passes = 0                     # restored from a checkpoint, before the stream exists
 
-    def use_tokenizer(self, tokenizer: TextTokenizer) -> None:
-        """Adopt a checkpoint's tokenizer (for test/validate of a trained model)."""
-        if self.tokenizer is not None and self.tokenizer.to_str() != tokenizer.to_str():
-            self.splits = {}
-        self.tokenizer = tokenizer
+    parse_tokenizer = staticmethod(TextTokenizer.from_str)
+
+    def adopt(self, blueprint) -> None:
+        """A checkpoint's tokenizer wins (for test/validate/resume of a trained model)."""
+        if self.tokenizer is not None and self.tokenizer.to_str() != blueprint.tokenizer:
+            self.splits, self._val_stream = {}, None
+        super().adopt(blueprint)
 
     def prepare_corpus(self) -> None:
         """Tokenise (or load from the cache) the training files into `self.splits` = {"train", "val"}."""
         if self.splits:
             return
         if not self.train_files:
-            raise ValueError("data.train_files: no training text files given")
+            raise DataError("data.train_files: no training text files given")
         digests = [file_digest(p) for p in self.train_files]
         corpus_key = _hash(*digests, str(self.val_fraction))
         docs = None
@@ -352,6 +362,12 @@ class TextDataModule(pl.LightningDataModule):
                     "val": tok.encode_documents(val_docs, self.train_files[-len(val_docs):] if val_docs else None)}
 
         self.splits = cached_tokens(self.cache_dir, key, build)
+        need = self.block_size + 1
+        for split, tokens in self.splits.items():
+            if len(tokens) < need and (split == "train" or self.val_batches):
+                raise DataError(f"{', '.join(self.train_files)}: the {split} part has {len(tokens)} tokens, fewer than "
+                                f"one block of data.block_size {self.block_size} + 1 (a longer text, a smaller "
+                                f"block_size, or another val_fraction)")
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None):
@@ -362,28 +378,48 @@ class TextDataModule(pl.LightningDataModule):
     # loaders -----------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         self.prepare_corpus()
+        position = self.resume_position()                # (epoch, batches done): the stream is one endless epoch
         ds = RandomBlocks(self.splits["train"], self.block_size, self.batch_size, seed=self.seed,
-                          sampling=self.train_sampling)
+                          sampling=self.train_sampling, skip=position[1] if position else 0)
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         self.prepare_corpus()
         val = self.splits["val"]
-        if self.val_batches:
-            if self._val_stream is None:  # one generator across validations: fresh batches each time
-                self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size,
-                                                seed=self.seed + 1, num_batches=self.val_batches)
+        if self.val_batches:      # each validation draws fresh batches, fixed by the seed and the pass number
+            if self._val_stream is None:
+                self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size, seed=self.seed + 1,
+                                                num_batches=self.val_batches)
+                self._val_stream.passes = self._val_passes
             return DataLoader(self._val_stream, batch_size=None)
         return DataLoader(Blocks(val, self.block_size, pad_id=self.tokenizer.eot_id),
                           batch_size=self.eval_batch_size, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         if not self.test_file:
-            raise ValueError("data.test_file: `lm test` needs a text file to score")
+            raise DataError("data.test_file: `lm test` needs a text file to score")
         if self.tokenizer is None:
-            raise ValueError("lm test: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
+            raise DataError("lm test: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
         tokens = self.tokenizer.encode_documents(read_documents([self.test_file]), [self.test_file])
         stride = self.test_stride or max(1, self.block_size // 2)
         ds = SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id)
         return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of {"index", "prompt"}: every line of the predict file, in order."""
+        if not self.predict_file:
+            raise DataError("lm predict: give data.predict_file (prompts, one per line)")
+        lines = read_documents([self.predict_file])[0].split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()                                   # the file's final newline ends the last line
+        rows = [{"index": i, "prompt": line} for i, line in enumerate(lines)]
+        return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
+
+    def state_dict(self) -> dict:
+        passes = self._val_stream.passes if self._val_stream is not None else self._val_passes
+        return {**super().state_dict(), "val_passes": passes}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._val_passes = state.get("val_passes", 0)

@@ -2,7 +2,8 @@
 
 `load_wordpiece` reads a BERT checkpoint's `tokenizer.json` (preferred) or `vocab.txt`, and switches
 off any padding or truncation saved in the file: batching code pads dynamically, and truncation is
-explicit at the call site so nothing is cut silently.
+explicit at the call site so nothing is cut silently. A tokenizer travels inside a checkpoint as its JSON
+(`Tokenizer.to_str()`), read back by `tokenizer_from_str`.
 """
 from __future__ import annotations
 
@@ -33,9 +34,21 @@ def load_wordpiece(path: str | Path, lowercase: bool = True) -> Tokenizer:
     return tokenizer
 
 
-def tokenizer_to_str(tokenizer: Tokenizer) -> str:
-    """Serialise for storage inside a checkpoint (so `predict` needs nothing but the .ckpt)."""
-    return tokenizer.to_str()
+def load_tokenizer(spec: str) -> Tokenizer:
+    """A WordPiece tokenizer from a model directory, tokenizer.json or vocab.txt, or a hub model name (online)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return load_wordpiece(path)
+    if path.suffix in (".json", ".txt", ".ckpt") or len(path.parts) > 2:
+        raise FileNotFoundError(f"{spec}: tokenizer file or directory not found")
+    try:
+        tokenizer = Tokenizer.from_pretrained(spec)
+    except Exception as e:  # noqa: BLE001 - offline or unknown name
+        raise FileNotFoundError(f"{spec}: not a tokenizer file or directory here, and not loadable from the hub "
+                                f"({type(e).__name__})") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def tokenizer_from_str(text: str) -> Tokenizer:

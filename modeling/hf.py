@@ -71,6 +71,9 @@ def _load_mapped(model: nn.Module, ours: dict[str, Tensor], ignored: list[str], 
 # ---------------------------------------------------------------------------------------------------- BERT
 
 def bert_config_from_hf(hf: dict) -> BertConfig:
+    kind = hf.get("model_type", "bert")
+    if kind not in ("bert", "roberta") or "hidden_size" not in hf:
+        raise ValueError(f"config.json describes a {kind!r} model, not BERT")
     return BertConfig(
         vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
         num_heads=hf["num_attention_heads"], ffn_size=hf["intermediate_size"],
@@ -170,13 +173,11 @@ def bert_state_to_hf(model: BERT) -> dict[str, Tensor]:
 
 
 def load_bert(name_or_path: str | Path, pooler: bool = True, pretraining_heads: bool = False,
-              dropout: float | None = None) -> BERT:
-    """Our BERT from a Hugging Face directory or hub name. `dropout` (if given) replaces the checkpoint's hidden
-    and attention dropout probabilities, which fine-tuning recipes choose on their own."""
+              overrides: dict | None = None) -> BERT:
+    """Our BERT from a Hugging Face directory or hub name. `overrides` replace config fields that do not change the
+    weights' shapes, e.g. the dropout probabilities, which fine-tuning recipes choose on their own."""
     directory = resolve_checkpoint_dir(name_or_path)
-    config = bert_config_from_hf(read_config(directory))
-    if dropout is not None:
-        config = dataclasses.replace(config, dropout=dropout, attention_dropout=dropout)
+    config = dataclasses.replace(bert_config_from_hf(read_config(directory)), **(overrides or {}))
     model = BERT(config, pooler=pooler, pretraining_heads=pretraining_heads)
     ours, ignored = bert_state_from_hf(read_weights(directory), config.num_layers)
     if not pooler:
@@ -198,6 +199,8 @@ def save_bert(model: BERT, directory: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------------- GPT-2
 
 def gpt_config_from_hf(hf: dict) -> GPTConfig:
+    if hf.get("model_type", "gpt2") != "gpt2" or "n_embd" not in hf:
+        raise ValueError(f"config.json describes a {hf.get('model_type')!r} model, not GPT-2")
     act = hf.get("activation_function", "gelu_new")
     if act not in _HF_ACTIVATIONS:
         raise ValueError(f"GPT-2 activation {act!r} is not supported (expected one of {sorted(_HF_ACTIVATIONS)})")

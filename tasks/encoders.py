@@ -1,55 +1,63 @@
-"""Where a task's BERT encoder comes from: a Hugging Face directory or hub name, or the encoder inside one of our
-own `.ckpt` files (a classify checkpoint keeps it under `backbone.*`, a ner checkpoint under `bert.*`), so one
-task can start from another's fine-tuned model."""
+"""Where a BERT task's encoder comes from: a Hugging Face directory or hub name, or the encoder inside any of our
+own checkpoints (every BERT task keeps it under `bert.*`), so one task can start from another's model."""
 from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 from pathlib import Path
+from typing import Optional
 
-import torch
+from safetensors import SafetensorError
 
 from data.errors import ConfigError
 from modeling import BERT, BertConfig
 from modeling.hf import load_bert
+from tasks.checkpoint import blueprint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-_PREFIXES = ("backbone.", "bert.")
+PREFIX = "bert."
 _HEADS = ("mlm_head.", "nsp_head.")
 
 
-def load_bert_encoder(pretrained: str, pooler: bool, dropout: float | None = None) -> tuple[BERT, str | None]:
-    """(BERT, the tokenizer JSON stored in the checkpoint or None). Encoder weights missing from a checkpoint are
-    an error; a missing pooler (a ner checkpoint has none) is initialised and named in a warning. `dropout`, if
-    given, replaces the checkpoint's hidden and attention dropout."""
-    path = Path(pretrained)
-    if path.suffix != ".ckpt":
-        return load_bert(pretrained, pooler=pooler, dropout=dropout), None
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    config = ckpt.get("backbone_config") or ckpt.get("hyper_parameters", {}).get("bert_config")
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: no BERT config in this checkpoint (backbone_config or hyper_parameters.bert_config)")
-    fields = {f.name for f in dataclasses.fields(BertConfig)}
-    config = {k: v for k, v in config.items() if k in fields}
-    if dropout is not None:
-        config.update(dropout=dropout, attention_dropout=dropout)
-    bert = BERT(BertConfig(**config), pooler=pooler)
-    for prefix in _PREFIXES:
-        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        if state:
-            break
-    else:
-        raise ConfigError(f"{path}: no encoder weights ({' or '.join(p + '*' for p in _PREFIXES)}) in its state_dict")
+def bert_config(fields: dict, overrides: Optional[dict] = None, source: str = "model.config") -> BertConfig:
+    """A BertConfig from `fields` updated with `overrides`; an unknown field is a one-line ConfigError."""
+    known = {f.name for f in dataclasses.fields(BertConfig)}
+    merged = {**fields, **(overrides or {})}
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown BERT setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return BertConfig(**merged)
+
+
+def load_encoder(pretrained: str, pooler: bool, overrides: Optional[dict] = None,
+                 pretraining_heads: bool = False) -> tuple[BERT, Optional[str]]:
+    """(BERT, the tokenizer stored with it or None). Encoder weights missing from a checkpoint are an error; a missing
+    pooler or missing pretraining heads are initialised and named in a warning. `overrides` replace config fields
+    that do not change the weights' shapes (dropout)."""
+    if Path(pretrained).suffix != ".ckpt":
+        bert_config({}, overrides)                      # names unknown fields before anything is read
+        try:
+            return load_bert(pretrained, pooler=pooler, pretraining_heads=pretraining_heads, overrides=overrides), None
+        except (ValueError, KeyError, OSError, pickle.UnpicklingError, SafetensorError) as e:
+            # another architecture, no weights, an unreadable or unsafe file
+            raise ConfigError(f"{pretrained}: cannot load a BERT encoder: {str(e).splitlines()[0]}") from None
+    ckpt = read_checkpoint(pretrained)
+    bp = blueprint(ckpt, pretrained)
+    if bp.model_kind != "bert":
+        raise ConfigError(f"{pretrained}: a {bp.task!r} checkpoint holds a {bp.model_kind}, not a BERT encoder")
+    bert = BERT(bert_config(bp.model_config, overrides, pretrained), pooler=pooler, pretraining_heads=pretraining_heads)
+    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
     wanted = bert.state_dict()
-    state = {k: v for k, v in state.items() if k in wanted and not k.startswith(_HEADS)}
+    state = {k: v for k, v in state.items() if k in wanted}
     missing = [k for k in wanted if k not in state]
-    encoder_missing = [k for k in missing if not k.startswith("pooler.")]
+    encoder_missing = [k for k in missing if not k.startswith(("pooler.", *_HEADS))]
     if encoder_missing:
-        raise ConfigError(f"{path}: encoder weights missing from the checkpoint: {', '.join(encoder_missing[:5])}")
+        raise ConfigError(f"{pretrained}: encoder weights missing from the checkpoint: {', '.join(encoder_missing[:5])}")
     if missing:
-        log.warning("%s: initialised (not in the checkpoint): %s", path, ", ".join(missing))
+        log.warning("%s: initialised (not in the checkpoint): %s", pretrained, ", ".join(missing))
     bert.load_state_dict(state, strict=False)
-    return bert, ckpt.get("tokenizer_json")
+    bert.load_report = {"initialised": missing, "ignored": []}
+    return bert, bp.tokenizer
+

@@ -1,7 +1,7 @@
 """Decoder-only language modelling over the shared `GPT`: `run.py lm fit|validate|test` and `run.py lm generate`.
 
-The GPT is built in `setup` once the data module knows its tokenizer (vocabulary size), or from a Hugging Face
-GPT-2 directory (`model.init_from`). Checkpoints carry the GPT config and the tokenizer, so `lm test` and
+The GPT is built from `model.config` once the data module knows its tokenizer (vocabulary size), or from a Hugging
+Face GPT-2 directory (`model.pretrained`). Checkpoints carry the GPT config and the tokenizer, so `lm test` and
 `lm generate` need nothing but the `.ckpt`.
 
 Training follows nanoGPT: AdamW with decay on matrices only, linear warm-up then cosine decay to
@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric, SumMetric
 
+from data.errors import ConfigError
 from data.lm_tokenizer import TextTokenizer
 from modeling import GPT, GPTConfig
 from modeling.generation import generate
-from tasks.optim import adamw, warmup_schedule
+from tasks.base import Task
+from tasks.checkpoint import Blueprint, blueprint, read_checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -89,114 +90,74 @@ class TextStreamer:
 # ---------------------------------------------------------------------------------------------------------
 # LightningModule
 # ---------------------------------------------------------------------------------------------------------
-class LMTask(pl.LightningModule):
+class LMTask(Task):
     """GPT language model.
 
+    `config` is the GPT's shape (GPTConfig fields: num_layers, num_heads, hidden_size, dropout, bias, activation
+    "gelu_tanh" (GPT-2's) or "gelu" (exact, nanoGPT's), tie_embeddings, max_positions (default: data.block_size));
+    `pretrained` a Hugging Face GPT-2 directory to start from (its tokenizer must be the data's).
+
     Args:
-        num_layers, num_heads, hidden_size, dropout, bias, activation: the GPT's shape (ignored with
-            `init_from`); activation "gelu_tanh" (GPT-2's) or "gelu" (exact, nanoGPT's).
-        tie_embeddings: the LM head is the token embedding matrix (GPT-2, nanoGPT); False gives it its own.
-        context_size: the GPT's number of positions (its block_size); default the data's `block_size`.
-        init_from: a Hugging Face GPT-2 directory to start from (its tokenizer must be the data's).
-        lr, weight_decay, betas, eps: AdamW (decay on matrices only); `fused_adamw` None = fused where available.
-        warmup_steps, schedule, min_lr_ratio, decay_steps: warm-up then `schedule` ("cosine", "linear",
-            "constant") to `min_lr_ratio * lr` at `decay_steps` optimizer steps (default `trainer.max_steps`).
         compile: `torch.compile` the training loss.
         flush_denormal: on CPU, flush denormal floats to zero (they make float math many times slower and appear
             as a trained model grows confident, e.g. tiny softmax probabilities).
-        num_samples, sample_tokens, sample_prompt, sample_temperature, sample_top_k: the continuations
+        num_samples, sample_tokens, sample_prompt, sample_temperature, sample_top_k, sample_seed: the continuations
             sampled and logged after each validation (0 samples: none).
     """
 
+    name = "lm"
     monitor = "val/loss"
     monitor_mode = "min"
 
-    def __init__(self, num_layers: int = 4, num_heads: int = 4, hidden_size: int = 128,
-                 context_size: int | None = None, dropout: float = 0.0, bias: bool = True,
-                 activation: str = "gelu_tanh", tie_embeddings: bool = True, init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8, fused_adamw: bool | None = None,
-                 warmup_steps: int = 100, schedule: str = "cosine", min_lr_ratio: float = 0.1,
-                 decay_steps: int | None = None, compile: bool = False, flush_denormal: bool = True,
-                 num_samples: int = 1,
+    def __init__(self, compile: bool = False, flush_denormal: bool = True, num_samples: int = 1,
                  sample_tokens: int = 100, sample_prompt: str = "\n", sample_temperature: float = 0.8,
-                 sample_top_k: int | None = 200, sample_seed: int = 1234):
-        super().__init__()
-        self.save_hyperparameters()
-        self.model: GPT | None = None
-        self.tokenizer: TextTokenizer | None = None
-        self._loss = None
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
-        self.test_tokens = SumMetric()
+                 sample_top_k: int | None = 200, sample_seed: int = 1234, **kwargs):
+        super().__init__(**kwargs)
+        self.val_loss, self.test_loss, self.test_tokens = MeanMetric(), MeanMetric(), SumMetric()
 
     # model construction ------------------------------------------------------------------------------------
-    def _set_model(self, model: GPT, tokenizer: TextTokenizer) -> None:
+    def create(self, data) -> Blueprint:
+        h = self.hparams
+        tokenizer = data.tokenizer
+        if h.pretrained:
+            from modeling.hf import load_gpt2
+            try:
+                model = load_gpt2(h.pretrained)
+            except (ValueError, KeyError, OSError) as e:
+                raise ConfigError(f"{h.pretrained}: cannot load a GPT-2 model: {str(e).splitlines()[0]}") from None
+        else:
+            fields = {f.name for f in dataclasses.fields(GPTConfig)}
+            unknown = sorted(set(h.config or {}) - fields)
+            if unknown:
+                raise ConfigError(f"model.config: unknown GPT setting {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+            config = {"max_positions": data.block_size, **(h.config or {}), "vocab_size": tokenizer.vocab_size}
+            model = GPT(GPTConfig(**config))
         if model.config.vocab_size < tokenizer.vocab_size:
-            raise ValueError(f"model vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
-                             f"({tokenizer.vocab_size})")
-        self.model, self.tokenizer = model, tokenizer
-        self._loss = torch.compile(model.loss) if self.hparams.compile else model.loss
-        dm = self._datamodule()
-        if dm is not None:
-            if hasattr(dm, "use_tokenizer"):
-                dm.use_tokenizer(tokenizer)
-            if getattr(dm, "block_size", 0) > model.config.max_positions:
-                raise ValueError(f"data.block_size {dm.block_size} is longer than the model's context "
-                                 f"({model.config.max_positions}); pass --data.block_size {model.config.max_positions}")
+            raise ConfigError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                              f"({tokenizer.vocab_size})")
+        bp = Blueprint(self.name, "gpt", dataclasses.asdict(model.config), data.tokenizer_json())
+        self.build(bp, model)
+        self.check_context(data)
+        return bp
 
-    def _datamodule(self):
-        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+    def build(self, bp: Blueprint, model: GPT | None = None) -> None:
+        self.model = model or GPT(GPTConfig(**bp.model_config))
+        self.tokenizer = TextTokenizer.from_str(bp.tokenizer)
+        self._loss = torch.compile(self.model.loss) if self.hparams.compile else self.model.loss
+
+    def check_context(self, data) -> None:
+        if data.block_size > self.model.config.max_positions:
+            raise ConfigError(f"data.block_size {data.block_size} is longer than the model's context "
+                              f"({self.model.config.max_positions}); pass --data.block_size "
+                              f"{self.model.config.max_positions}")
 
     def setup(self, stage: str) -> None:
         if self.hparams.flush_denormal:
             torch.set_flush_denormal(True)
-        if self.model is not None:
-            return
-        dm = self._datamodule()
-        tokenizer = getattr(dm, "tokenizer", None)
-        if tokenizer is None:
-            return  # comes with the checkpoint (on_load_checkpoint)
-        h = self.hparams
-        if h.init_from:
-            from modeling.hf import load_gpt2
-            model = load_gpt2(h.init_from)
-        else:
-            config = GPTConfig(vocab_size=tokenizer.vocab_size, max_positions=h.context_size or dm.block_size,
-                               num_layers=h.num_layers, num_heads=h.num_heads, hidden_size=h.hidden_size,
-                               dropout=h.dropout, bias=h.bias, activation=h.activation,
-                               tie_embeddings=h.tie_embeddings)
-            model = GPT(config)
-        self._set_model(model, tokenizer)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["lm"] = {"gpt_config": dataclasses.asdict(self.model.config),
-                            "tokenizer": self.tokenizer.to_str()}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "lm" not in checkpoint:
-            raise ValueError("checkpoint has no 'lm' entry (GPT config and tokenizer): not an lm checkpoint")
-        lm = checkpoint["lm"]
-        self._set_model(GPT(GPTConfig(**lm["gpt_config"])), TextTokenizer.from_str(lm["tokenizer"]))
-
-    def _require_model(self) -> GPT:
-        if self.model is None:
-            raise ValueError("no model: give training files (data.train_files), model.init_from, or --ckpt_path")
-        return self.model
+        if self.blueprint is not None and self.trainer.datamodule is not None:    # restored from a checkpoint
+            self.check_context(self.trainer.datamodule)
 
     # training ----------------------------------------------------------------------------------------------
-    def configure_optimizers(self):
-        h = self.hparams
-        model = self._require_model()
-        total = h.decay_steps or self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ValueError("lm: training streams random blocks; set trainer.max_steps (or model.decay_steps)")
-        fused = h.fused_adamw
-        if fused is None and "mixed" in str(self.trainer.precision):
-            fused = False  # Lightning refuses gradient clipping with a fused optimizer under mixed precision
-        optimizer = adamw(model, h.lr, h.weight_decay, tuple(h.betas), h.eps, fused=fused)
-        scheduler = warmup_schedule(optimizer, h.warmup_steps, total, h.schedule, h.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def on_train_start(self) -> None:
         self._train_start = (time.perf_counter(), self.global_step)
 
@@ -219,7 +180,7 @@ class LMTask(pl.LightningModule):
     # evaluation --------------------------------------------------------------------------------------------
     def _scored_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         targets = batch["targets"]
-        return self._require_model().loss(batch["input_ids"], targets), (targets != -100).sum()
+        return self.model.loss(batch["input_ids"], targets), (targets != -100).sum()
 
     def validation_step(self, batch, batch_idx):
         loss, n = self._scored_loss(batch)
@@ -244,6 +205,19 @@ class LMTask(pl.LightningModule):
         self.test_loss.reset()
         self.test_tokens.reset()
 
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        """A continuation of each prompt: `sample_tokens` tokens at `sample_temperature` / `sample_top_k`, seeded
+        by `sample_seed` and the prompt's line, so a rerun gives the same text."""
+        h = self.hparams
+        rows = []
+        for row in batch:
+            ids = prompt_ids(self.tokenizer, row["prompt"])
+            out = generate_ids(self.model, ids, h.sample_tokens, temperature=h.sample_temperature,
+                               top_k=h.sample_top_k, seed=h.sample_seed + row["index"])
+            rows.append({"index": row["index"], "prompt": row["prompt"],
+                         "continuation": self.tokenizer.decode(out[0, len(ids):].tolist())})
+        return rows
+
     def _log_samples(self) -> None:
         h = self.hparams
         if not h.num_samples or self.trainer.global_rank != 0:
@@ -267,14 +241,12 @@ class LMTask(pl.LightningModule):
 # `run.py lm generate`
 # ---------------------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> tuple[GPT, TextTokenizer]:
-    """GPT and tokenizer from a `lm fit` checkpoint (loaded with weights_only=True)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "lm" not in ckpt:
-        raise ValueError(f"{path}: not an lm checkpoint (no 'lm' entry with the GPT config and tokenizer)")
-    model = GPT(GPTConfig(**ckpt["lm"]["gpt_config"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    return model.eval(), TextTokenizer.from_str(ckpt["lm"]["tokenizer"])
+    """GPT and tokenizer from a `lm fit` checkpoint (read safely, tasks/checkpoint.py)."""
+    ckpt = read_checkpoint(path, task=LMTask.name)
+    bp = blueprint(ckpt, path)
+    model = GPT(GPTConfig(**bp.model_config))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    return model.eval(), TextTokenizer.from_str(bp.tokenizer)
 
 
 def main_generate(argv: list[str]) -> int:

@@ -9,23 +9,24 @@ starts from the pretrained model exactly) and each sub-token gets its word's cla
 
 Evaluation maps window predictions back to one tag per original word and scores entities with `EntityF1`
 (equal to seqeval). The checkpoint carries the label names, the tokenizer and the encoder's config, so
-`predict` needs nothing but the .ckpt.
+`predict` needs nothing but the .ckpt. `head_lr` (the task base) sets the tagger's own learning rate.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
 from data.conll import CASING, IGNORE, entities_json, words_to_tags
-from data.tokenization import tokenizer_to_str
-from modeling import BERT, BertConfig, combine_layers
-from modeling.bert import combined_width
-from tasks.encoders import load_bert_encoder
-from tasks.optim import param_groups, warmup_schedule
+from data.errors import ConfigError
+from modeling import BERT, combine_layers
+from modeling.bert import LAYER_COMBINATIONS, combined_width
+from tasks.base import Task
+from tasks.checkpoint import Blueprint, read_checkpoint
+from tasks.encoders import bert_config, load_encoder
 from tasks.seqeval_metric import EntityF1
 
 
@@ -56,125 +57,82 @@ class TaggerHead(nn.Module):
         return self.out(x)
 
 
-class NERTask(pl.LightningModule):
-    monitor = "val/f1"          # run.py keeps the checkpoint with the best dev entity F1
+class NERTask(Task):
+    name = "ner"
+    monitor = "val/f1"          # the checkpoint with the best dev entity F1 is kept
     monitor_mode = "max"
 
-    def __init__(self, pretrained: str | None = None, labels: list[str] | None = None,
-                 bert_config: dict | None = None,
-                 mode: str = "finetune", layers: str = "last", tagger: str = "linear", lstm_hidden: int = 256,
-                 dropout: float = 0.1, casing: bool = False, lr: float = 5e-5, head_lr: float | None = None,
-                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, schedule: str = "linear",
-                 strict_eval: bool = False):
+    def __init__(self, mode: Literal["finetune", "features"] = "finetune", layers: str = "last",
+                 tagger: Literal["linear", "bilstm"] = "linear", lstm_hidden: int = 256, dropout: float = 0.1,
+                 casing: bool = False, strict_eval: bool = False, **kwargs):
         """
         Args:
-            pretrained: Hugging Face BERT directory (or hub name) or one of our .ckpt files; ignored when the
-                task itself is restored from a checkpoint (bert_config is set then).
-            labels: BIO label names; read from the training data when not given, then stored.
             mode: "finetune" or "features" (frozen encoder, features from `layers`).
             layers: combine_layers choice for the features.
             tagger: "linear" or "bilstm" head.
+            lstm_hidden: the BiLSTM's width per direction.
+            dropout: the head's dropout.
             casing: feed each word's capitalisation class as the segment id (see module doc).
-            lr, head_lr: peak learning rates of the encoder and of the head (head_lr defaults to lr).
-            warmup_ratio, schedule: linear warm-up over this fraction of steps, then "linear"/"cosine"/"constant".
             strict_eval: score entities as seqeval's strict IOB2 mode instead of the default (conlleval) mode.
         """
-        super().__init__()
-        if mode not in ("finetune", "features"):
-            raise ValueError(f"mode must be 'finetune' or 'features', got {mode!r}")
-        self.save_hyperparameters()
-        self.tokenizer_json: str | None = None    # the serialised tokenizer, saved in every checkpoint
-        if bert_config is not None:               # restored from our checkpoint: weights come from the state dict
-            self.bert = BERT(BertConfig(**bert_config), pooler=False)
-        else:
-            if not pretrained:
-                raise ValueError("ner: model.pretrained is required (a BERT directory or .ckpt)")
-            self.bert, ckpt_tokenizer = load_bert_encoder(pretrained, pooler=False)
-            if casing and self.bert.embeddings.segment.num_embeddings != len(CASING):
-                self._widen_segments()
-            self.hparams.bert_config = dataclasses.asdict(self.bert.config)
-            self.tokenizer_json = ckpt_tokenizer
-        if mode == "features":
-            self.bert.requires_grad_(False)
-        self.head: TaggerHead | None = None
-        if labels:
-            self._build_head(labels)
+        super().__init__(**kwargs)
+        if layers not in LAYER_COMBINATIONS:
+            raise ConfigError(f"model.layers {layers!r}: choose from {', '.join(LAYER_COMBINATIONS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout {dropout}: must be in [0, 1)")
 
     # ---------------------------------------------------------------- construction
-    def _widen_segments(self) -> None:
-        old = self.bert.embeddings.segment
-        new = nn.Embedding(len(CASING), old.embedding_dim)
-        with torch.no_grad():
-            new.weight.copy_(old.weight[0].expand_as(new.weight))
-        self.bert.embeddings.segment = new
-        self.bert.config.type_vocab_size = len(CASING)
-
-    def _build_head(self, labels: list[str]) -> None:
-        self.hparams.labels = list(labels)
+    def create(self, data) -> Blueprint:
         h = self.hparams
-        width = combined_width(self.bert.config, h.layers) if h.mode == "features" else self.bert.config.hidden_size
-        self.head = TaggerHead(width, len(labels), h.tagger, h.lstm_hidden, h.dropout)
-        self._head_kind = h.tagger
-        types = sorted({t[2:] for t in labels if t != "O"})
-        self.val_f1 = EntityF1(types, strict=h.strict_eval)
-        self.test_f1 = EntityF1(types, strict=h.strict_eval)
+        if h.pretrained:
+            bert, stored_tokenizer = load_encoder(h.pretrained, pooler=False, overrides=h.config)
+            data.default_tokenizer(stored_tokenizer, h.pretrained)
+        elif h.config:
+            if data.tokenizer is None:
+                raise ConfigError("ner: a model from scratch (model.config) needs data.tokenizer")
+            bert = BERT(bert_config({"vocab_size": data.tokenizer.get_vocab_size(), **h.config}), pooler=False)
+        else:
+            raise ConfigError("ner: set model.pretrained (a BERT directory or .ckpt) or model.config (from scratch)")
+        if data.max_length > bert.config.max_positions:
+            raise ConfigError(f"data.max_length {data.max_length} is longer than the model's "
+                              f"{bert.config.max_positions} positions")
+        if h.casing and bert.embeddings.segment.num_embeddings != len(CASING):
+            widen_segments(bert)
+        settings = {k: h[k] for k in ("mode", "layers", "tagger", "lstm_hidden", "dropout", "casing")}
+        bp = Blueprint(self.name, "bert", dataclasses.asdict(bert.config), data.tokenizer_json(), list(data.labels),
+                       settings)
+        self.build(bp, bert)
+        return bp
+
+    def build(self, bp: Blueprint, bert: BERT | None = None) -> None:
+        s = self.settings = bp.settings
+        self.bert = bert or BERT(bert_config(bp.model_config), pooler=False)
+        if s["mode"] == "features":
+            self.bert.requires_grad_(False)
+        width = combined_width(self.bert.config, s["layers"]) if s["mode"] == "features" else self.bert.config.hidden_size
+        self.head = TaggerHead(width, len(bp.labels), s["tagger"], s["lstm_hidden"], s["dropout"])
+        types = sorted({t[2:] for t in bp.labels if t != "O"})
+        self.val_f1 = EntityF1(types, strict=self.hparams.strict_eval)
+        self.test_f1 = EntityF1(types, strict=self.hparams.strict_eval)
+
+    def encoder(self) -> BERT:
+        return self.bert
 
     @property
-    def labels(self) -> list[str] | None:
-        return self.hparams.labels
-
-    def setup(self, stage: str) -> None:
-        """Labels and tokenizer from the data (a checkpoint being restored overrides them: on_load_checkpoint)."""
-        dm = self.trainer.datamodule if self.trainer is not None else None
-        if dm is None:
-            return
-        if getattr(dm, "tokenizer", None) is not None:
-            self.tokenizer_json = tokenizer_to_str(dm.tokenizer)
-        if self.head is None:
-            if dm.labels is None and not dm.hparams.train_file:
-                return                     # predict/test from a checkpoint: on_load_checkpoint builds the head
-            self._build_head(dm.read_labels())
-        elif dm.labels is not None and list(dm.labels) != list(self.labels):
-            raise ValueError(f"ner: the data's labels {dm.labels} differ from the model's {self.labels}")
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer_json"] = self.tokenizer_json
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._adopt(checkpoint.get("hyper_parameters", {}), checkpoint.get("tokenizer_json"))
-
-    def _adopt(self, hp: dict, tokenizer_json: str | None) -> None:
-        """Shape this task like the checkpoint's, so its state dict loads (the config may say otherwise), and
-        make the data use the checkpoint's tokenizer. Called before Lightning loads the state dict."""
-        if hp.get("bert_config") and hp["bert_config"] != dataclasses.asdict(self.bert.config):
-            self.bert = BERT(BertConfig(**hp["bert_config"]), pooler=False)
-            self.hparams.bert_config = dict(hp["bert_config"])
-        self.hparams.casing = bool(hp.get("casing", self.hparams.casing))
-        for key in ("mode", "layers", "tagger", "lstm_hidden", "dropout"):
-            if key in hp:
-                self.hparams[key] = hp[key]
-        if hp.get("labels") and (self.head is None or list(hp["labels"]) != list(self.labels)
-                                 or hp.get("tagger") != getattr(self, "_head_kind", None)):
-            self._build_head(hp["labels"])
-        if self.hparams.mode == "features":
-            self.bert.requires_grad_(False)
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if tokenizer_json:
-            self.tokenizer_json = tokenizer_json
-            if dm is not None:
-                dm.use_vocabulary(tokenizer_json, hp.get("labels"))
+    def labels(self) -> list[str]:
+        return self.blueprint.labels
 
     # ---------------------------------------------------------------- forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor, casing: Tensor | None = None) -> Tensor:
-        segments = casing if self.hparams.casing else None
-        if self.hparams.mode == "features":
+        segments = casing if self.settings["casing"] else None
+        if self.settings["mode"] == "features":
             self.bert.eval()
             with torch.no_grad():
                 out = self.bert(input_ids, segments, attention_mask, output_hidden_states=True)
-            features = combine_layers(out.hidden_states, self.hparams.layers)
+            features = combine_layers(out.hidden_states, self.settings["layers"])
         else:
             features = self.bert(input_ids, segments, attention_mask).last_hidden_state
-        return self.head(features, attention_mask)
+        return self.head(features, attention_mask)                                   # (B, T, C)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self(batch["input_ids"], batch["attention_mask"], batch["casing"])
@@ -184,36 +142,36 @@ class NERTask(pl.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def _predict_batch(self, batch: dict) -> tuple[Tensor, Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"], batch["casing"])
-        best = logits.argmax(-1)
-        return batch["index"], best
+        """(window indices (B,), best label id per position (B, max_length))."""
+        best = self(batch["input_ids"], batch["attention_mask"], batch["casing"]).argmax(-1)
+        padded = best.new_zeros(best.size(0), self.trainer.datamodule.max_length)
+        padded[:, :best.size(1)] = best
+        return batch["index"], padded
 
     def on_validation_epoch_start(self) -> None:
         self._outputs = []
 
     on_test_epoch_start = on_validation_epoch_start
 
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._outputs.append(self._predict_batch(batch))
+
+    test_step = validation_step
+
     def on_predict_epoch_start(self) -> None:
-        windows = self.trainer.datamodule.windows["predict"]
+        sentences, windows = self.trainer.datamodule.examples("predict")
         self._pending: dict[int, list[int]] = {}
         self._emitted = 0
         # _open_from[w]: the first sentence that window w or a later one still predicts words of
-        self._open_from = [len(self.trainer.datamodule.sentences["predict"])] * (len(windows) + 1)
+        self._open_from = [len(sentences)] * (len(windows) + 1)
         for w in range(len(windows) - 1, -1, -1):
             first = min((si for _, si, _ in windows[w].targets), default=self._open_from[w + 1])
             self._open_from[w] = min(first, self._open_from[w + 1])
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._outputs.append(self._predict_batch(batch))
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._outputs.append(self._predict_batch(batch))
-
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Entities of every input sentence whose words have all been predicted by now, as JSON-able dicts
         (run.py writes one line each). Windows come in file order, so sentences complete in order."""
-        dm = self.trainer.datamodule
-        windows, sentences = dm.windows["predict"], dm.sentences["predict"]
+        sentences, windows = self.trainer.datamodule.examples("predict")
         index, best = self._predict_batch(batch)
         for i, row in zip(index.tolist(), best.tolist()):
             self._pending[i] = row
@@ -234,24 +192,17 @@ class NERTask(pl.LightningModule):
         """All processes' window predictions -> tags per word of the split; and the sentence indices this
         process scores (every sentence is scored by exactly one process, so summed counts are exact); and the
         number of words no window predicted (cut by max_length, tagged O)."""
-        dm = self.trainer.datamodule
-        windows, sentences = dm.windows[split], dm.sentences[split]
-        width = dm.hparams.max_length
-        index = torch.cat([i for i, _ in self._outputs]) if self._outputs else torch.zeros(0, dtype=torch.long)
-        preds = torch.full((len(index), width), 0, dtype=torch.long, device=index.device)
-        row = 0
-        for _, best in self._outputs:
-            preds[row:row + best.size(0), :best.size(1)] = best
-            row += best.size(0)
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        if world > 1:
-            index = self.all_gather(index).flatten(0, 1)
-            preds = self.all_gather(preds).flatten(0, 1)
-        by_window: dict[int, list[int]] = {}
-        for i, p in zip(index.tolist(), preds.tolist()):
-            by_window[i] = p
-        ordered = [by_window.get(i, [0] * width) for i in range(len(windows))]
+        sentences, windows = self.trainer.datamodule.examples(split)
+        if self._outputs:
+            index, preds = (torch.cat(parts) for parts in zip(*self._outputs))
+        else:
+            index = torch.zeros(0, dtype=torch.long, device=self.device)
+            preds = torch.zeros(0, self.trainer.datamodule.max_length, dtype=torch.long, device=self.device)
+        index, preds = self.all_gather_uneven(index), self.all_gather_uneven(preds)
+        by_window = dict(zip(index.tolist(), preds.tolist()))
+        ordered = [by_window[i] for i in range(len(windows))]
         tags, cut = words_to_tags(sentences, windows, ordered, self.labels)
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         mine = [i for i in range(len(sentences)) if i % world == rank]
         return tags, mine, cut
 
@@ -273,15 +224,16 @@ class NERTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._score("test", self.test_f1, "test")
 
-    # ---------------------------------------------------------------- optimisation
-    def configure_optimizers(self):
-        h = self.hparams
-        groups = [{**g, "lr": lr} for module, lr in ((self.bert, h.lr), (self.head, h.head_lr or h.lr))
-                  for g in param_groups(module, h.weight_decay) if g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, fused=True)
-        total = self.trainer.estimated_stepping_batches
-        scheduler = warmup_schedule(optimizer, int(h.warmup_ratio * total), total, h.schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+def widen_segments(bert: BERT) -> None:
+    """One segment row per casing class, each starting as the pretrained segment-0 row, so training starts from
+    the pretrained model exactly."""
+    old = bert.embeddings.segment
+    new = nn.Embedding(len(CASING), old.embedding_dim)
+    with torch.no_grad():
+        new.weight.copy_(old.weight[0].expand_as(new.weight))
+    bert.embeddings.segment = new
+    bert.config.type_vocab_size = len(CASING)
 
 
 @torch.no_grad()
@@ -289,20 +241,19 @@ def tag_conll_file(checkpoint: str | Path, path: str | Path) -> list[list[str]]:
     """One tag per word of every sentence of a CoNLL file, predicted by a ner checkpoint (with its own tokenizer,
     labels and windowing)."""
     from data.conll import CoNLLDataModule
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint, task=NERTask.name)
     model = NERTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     data_hp = ckpt.get("datamodule_hyper_parameters", {})
     dm = CoNLLDataModule(val_file=str(path), context=data_hp.get("context", "sentence"),
                          max_length=data_hp.get("max_length", 128), eval_stride=data_hp.get("eval_stride"),
                          stride=data_hp.get("stride"))
-    dm.use_vocabulary(ckpt["tokenizer_json"], model.labels)
+    dm.adopt(model.blueprint)
     dm.setup("validate")
+    sentences, windows = dm.examples("val")
     preds: dict[int, list[int]] = {}
     for batch in dm.val_dataloader():
         best = model(batch["input_ids"], batch["attention_mask"], batch["casing"]).argmax(-1)
         for i, row in zip(batch["index"].tolist(), best.tolist()):
             preds[i] = row
-    tags, _ = words_to_tags(dm.sentences["val"], dm.windows["val"], [preds[i] for i in range(len(preds))],
-                            model.labels)
+    tags, _ = words_to_tags(sentences, windows, [preds[i] for i in range(len(windows))], model.labels)
     return tags
-

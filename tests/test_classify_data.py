@@ -66,8 +66,11 @@ def test_reader_errors_name_file_and_line(tmp_path, content, message):
 
 def test_jsonl_reader(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_text('{"sentence": "good", "label": 1}\n\n{"sentence": "bad", "label": 0}\n{"sentence": "x"\n')
-    with pytest.raises(DataError, match=r"x.jsonl, line 4: not valid JSON"):
+    path.write_text('{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n{"sentence": "x"\n')
+    with pytest.raises(DataError, match=r"x.jsonl, line 3: not valid JSON"):
+        read_table(path, ["sentence", "label"])
+    path.write_text('{"sentence": "good", "label": 1}\n\n{"sentence": "bad", "label": 0}\n')
+    with pytest.raises(DataError, match=r"x.jsonl, line 2: empty line"):
         read_table(path, ["sentence", "label"])
     path.write_text('{"sentence": "good", "label": 1}\n{"text": "bad", "label": 0}\n')
     with pytest.raises(DataError, match=r"line 2: missing or empty key 'sentence'"):
@@ -82,48 +85,66 @@ def test_label_outside_label_set(tmp_path):
         dm.setup("fit")
 
 
+def flat(batches) -> list[int]:
+    return [i for b in batches for i in b]
+
+
 def test_length_grouped_batches_cover_everything_once_and_group_lengths():
     lengths = [(i * 37) % 50 + 1 for i in range(1000)]
     s = LengthGroupedSampler(lengths, batch_size=16, group_size=8, seed=3)
-    order = list(s)
-    assert sorted(order) == list(range(1000))
+    batches = list(s)
+    assert sorted(flat(batches)) == list(range(1000)) and len(batches) == len(s) == 63
 
-    def padded(order):
-        return sum(16 * max(lengths[j] for j in order[i:i + 16]) for i in range(0, 1000, 16))
+    def padded(batches):
+        return sum(len(b) * max(lengths[j] for j in b) for b in batches)
 
-    random_order = list(LengthGroupedSampler(lengths, batch_size=16, group_by_length=False, seed=3))
-    assert padded(random_order) > 1.8 * sum(lengths)  # random batches pay for their longest example
-    assert padded(order) < 1.2 * sum(lengths)
+    random_batches = list(LengthGroupedSampler(lengths, batch_size=16, group_by_length=False, seed=3))
+    assert padded(random_batches) > 1.8 * sum(lengths)  # random batches pay for their longest example
+    assert padded(batches) < 1.2 * sum(lengths)
     s.set_epoch(1)
-    assert list(s) != order  # a new order each epoch
+    assert list(s) != batches  # a new order each epoch
     s.set_epoch(0)
-    assert list(s) == order  # ... fixed by seed and epoch
+    assert list(s) == batches  # ... fixed by seed and epoch
+
+
+def test_token_budget_batches_stay_under_the_budget():
+    lengths = [(i * 37) % 50 + 1 for i in range(1000)]
+    s = LengthGroupedSampler(lengths, max_tokens=400, seed=0)
+    batches = list(s)
+    assert sorted(flat(batches)) == list(range(1000))
+    assert all(len(b) * max(lengths[i] for i in b) <= 400 for b in batches)
+    assert sum(len(b) * max(lengths[i] for i in b) for b in batches) < 1.1 * sum(lengths)   # sorted: little padding
+    assert len({len(b) for b in batches}) > 5           # short examples travel in bigger batches
 
 
 def test_ddp_shards_are_disjoint_for_eval_and_equal_for_training():
     lengths = list(range(1, 102))
-    evals = [list(LengthGroupedSampler(lengths, 8, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
+    evals = [flat(LengthGroupedSampler(lengths, 8, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
     assert sorted(evals[0] + evals[1]) == list(range(101))  # nothing repeated or dropped
     train = [LengthGroupedSampler(lengths, 8, num_replicas=2, rank=r) for r in (0, 1)]
-    assert train[0].num_batches() == train[1].num_batches()
-    assert set(train[0]) | set(train[1]) == set(range(101))
+    assert len(train[0]) == len(train[1]) == 7
+    assert set(flat(train[0])) | set(flat(train[1])) == set(range(101))
 
 
 def test_skip_batches_resumes_the_same_order():
     s = LengthGroupedSampler(list(range(1, 81)), batch_size=8, seed=1)
     full = list(s)
     s.skip_batches(0, 3)
-    assert list(s) == full[24:]
+    assert list(s) == full[3:]
     assert list(s) == full  # the skip applies once
 
 
 def test_pad_collate():
-    batch = pad_collate(0)([{"input_ids": [5, 6, 7], "token_type_ids": [0, 0, 1], "index": 0, "label": 1},
-                            {"input_ids": [5], "token_type_ids": [0], "index": 1, "label": 0}])
+    collate = pad_collate({"input_ids": 0, "token_type_ids": 0})
+    batch = collate([{"input_ids": [5, 6, 7], "token_type_ids": [0, 0, 1], "index": 0, "labels": 1},
+                     {"input_ids": [5], "token_type_ids": [0], "index": 1, "labels": 0}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 1], [0, 0, 0]]
-    assert batch["labels"].tolist() == [1, 0]
+    assert batch["labels"].tolist() == [1, 0] and batch["index"].tolist() == [0, 1]
+    tags = pad_collate({"input_ids": 0, "labels": -100})([{"input_ids": [1, 2], "labels": [3, 4]},
+                                                          {"input_ids": [1], "labels": [5]}])
+    assert tags["labels"].tolist() == [[3, 4], [5, -100]]
 
 
 def test_tokenised_split_is_cached(tmp_path):
@@ -138,4 +159,4 @@ def test_tokenised_split_is_cached(tmp_path):
     dm2.setup("fit")
     dm2._tokenize = None  # a cache hit must not tokenise again
     assert dm2._encoded_split("train").columns["input_ids"] == first.columns["input_ids"]
-    assert len(first) == 48 and sorted(set(first.columns["label"])) == [0, 1]
+    assert len(first) == 48 and sorted(set(first.columns["labels"])) == [0, 1]

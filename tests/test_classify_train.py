@@ -22,7 +22,7 @@ def tiny_args(run_dir, *extra, train=FIXTURES / "sst2_train.tsv", val=FIXTURES /
     return ["classify", "fit", "--config", str(ROOT / "configs" / "classify" / "default.yaml"),
             "--data.train_file", str(train), "--data.val_file", str(val), "--data.tokenizer", TOKENIZER,
             "--data.batch_size", "8", "--data.eval_batch_size", "8", "--data.cache_dir", str(run_dir.parent / "cache"),
-            "--model.backbone", TINY_BERT, "--model.classifier_dropout", "0", "--trainer.max_epochs", "2",
+            "--model.config", TINY_BERT, "--model.classifier_dropout", "0", "--trainer.max_epochs", "2",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--wandb", "false", "--run_dir", str(run_dir), *extra]
 
@@ -59,22 +59,28 @@ def test_bad_input_one_clear_error_and_no_checkpoint(tmp_path, capsys, case, con
 
 
 def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path):
-    full = tmp_path / "full"  # 48 examples / 8 = 6 steps an epoch, 2 epochs; a checkpoint every 4 steps
-    assert run.main(tiny_args(full, "--checkpoint_every_n_steps", "4")) == 0
-    mid = full / "checkpoints" / "step=4.ckpt"
-    assert mid.is_file() and torch.load(mid, weights_only=True)["global_step"] == 4
+    """A run stopped by max_steps mid-epoch resumes from last.ckpt to the uninterrupted run's step and metrics.
+    (max_steps also sets the learning-rate schedule's length unless model.decay_steps pins it: both runs pin it.)"""
+    schedule = ("--model.decay_steps", "12")
+    full = tmp_path / "full"  # 48 examples / 8 = 6 steps an epoch, 2 epochs
+    assert run.main(tiny_args(full, *schedule)) == 0
     resumed = tmp_path / "resumed"
-    assert run.main(tiny_args(resumed, "--ckpt_path", str(mid))) == 0
+    assert run.main(tiny_args(resumed, *schedule, "--trainer.max_steps", "4")) == 0
+    mid = resumed / "checkpoints" / "last.ckpt"
+    start = torch.load(mid, weights_only=True)
+    assert start["global_step"] == 4
+    assert run.main(tiny_args(resumed, *schedule, "--ckpt_path", "last")) == 0
     a, b = summary(full), summary(resumed)
     assert a["global_step"] == b["global_step"] == 12
     for key in ("val/accuracy", "val/loss", "val/f1", "val/mcc"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=1e-6), key
     # the resumed run did train: its weights moved from the step-4 checkpoint to the same final weights
-    final_a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    final_b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    start = torch.load(mid, weights_only=True)["state_dict"]
+    final_a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    final_b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final_a["global_step"] == final_b["global_step"] == 12          # last.ckpt holds the final step
     key = "head.weight"
-    assert torch.allclose(final_a[key], final_b[key], atol=1e-6) and not torch.allclose(start[key], final_b[key])
+    assert torch.allclose(final_a["state_dict"][key], final_b["state_dict"][key], atol=1e-6)
+    assert not torch.allclose(start["state_dict"][key], final_b["state_dict"][key])
 
     # `--ckpt_path last` continues the latest run of that name: nothing left to do after 2 epochs but 1 more
     again = tiny_args(full, "--ckpt_path", "last", "--trainer.max_epochs", "3")
@@ -140,7 +146,7 @@ def test_regression_on_sentence_pairs(tmp_path):
     metrics = summary(run_dir)["metrics"]
     assert -1.0 <= metrics["val/pearson"] <= 1.0 and -1.0 <= metrics["val/spearman"] <= 1.0
     assert "val/accuracy" not in metrics
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["regression"] is True
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["task"]["settings"]["regression"] is True
 
 
 def test_pair_pooling_compares_the_two_segments(tmp_path, capsys):

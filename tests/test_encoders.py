@@ -1,26 +1,24 @@
-"""tasks/encoders.py: one task starts from another task's checkpoint (classify keeps `backbone.*` with a pooler,
-ner keeps `bert.*` without one)."""
+"""tasks/encoders.py: one task starts from another task's checkpoint (every BERT task keeps its encoder under
+`bert.*`, with or without a pooler), or from a Hugging Face directory."""
 import dataclasses
 import logging
 
 import pytest
 import torch
 
+from data.errors import ConfigError
 from modeling import BERT, BertConfig
-from tasks.encoders import load_bert_encoder
+from tasks.checkpoint import Blueprint, CheckpointError
+from tasks.encoders import load_encoder
 
 CONFIG = BertConfig(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2, ffn_size=32, max_positions=32)
 
 
-def _save(path, prefix: str, bert: BERT, config_place: str, drop: tuple[str, ...] = ()):
-    state = {prefix + k: v for k, v in bert.state_dict().items() if not k.startswith(drop)}
+def _save(path, bert: BERT, task: str = "classify", drop: tuple[str, ...] = (), kind: str = "bert"):
+    state = {"bert." + k: v for k, v in bert.state_dict().items() if not k.startswith(drop)}
     state["head.weight"] = torch.zeros(3, CONFIG.hidden_size)            # the task's own head: not the encoder's
-    ckpt = {"state_dict": state, "tokenizer_json": "{}"}
-    if config_place == "backbone_config":
-        ckpt["backbone_config"] = dataclasses.asdict(bert.config)
-    else:
-        ckpt["hyper_parameters"] = {"bert_config": dataclasses.asdict(bert.config)}
-    torch.save(ckpt, path)
+    bp = Blueprint(task, kind, dataclasses.asdict(bert.config), tokenizer="{}", labels=["a", "b", "c"])
+    torch.save({"state_dict": state, "task": bp.to_dict()}, path)
     return path
 
 
@@ -32,8 +30,8 @@ def _same_weights(a: BERT, b: BERT, skip: str = "pooler.") -> bool:
 def test_classify_checkpoint_gives_its_encoder_to_ner(tmp_path):
     torch.manual_seed(0)
     source = BERT(CONFIG, pooler=True)
-    path = _save(tmp_path / "classify.ckpt", "backbone.", source, "backbone_config")
-    bert, tokenizer = load_bert_encoder(str(path), pooler=False)
+    path = _save(tmp_path / "classify.ckpt", source)
+    bert, tokenizer = load_encoder(str(path), pooler=False)
     assert bert.pooler is None and tokenizer == "{}"
     assert _same_weights(bert, source)
 
@@ -41,23 +39,26 @@ def test_classify_checkpoint_gives_its_encoder_to_ner(tmp_path):
 def test_ner_checkpoint_gives_its_encoder_to_classify_and_names_the_new_pooler(tmp_path, caplog):
     torch.manual_seed(1)
     source = BERT(CONFIG, pooler=False)
-    path = _save(tmp_path / "ner.ckpt", "bert.", source, "hyper_parameters")
+    path = _save(tmp_path / "ner.ckpt", source, task="ner")
     with caplog.at_level(logging.WARNING):
-        bert, _ = load_bert_encoder(str(path), pooler=True)
+        bert, _ = load_encoder(str(path), pooler=True)
     assert _same_weights(bert, source)
     assert "pooler.weight" in caplog.text and "initialised" in caplog.text
 
 
 def test_missing_encoder_weights_or_config_are_errors_naming_the_file(tmp_path):
     source = BERT(CONFIG, pooler=False)
-    path = _save(tmp_path / "cut.ckpt", "bert.", source, "hyper_parameters", drop=("layers.1.",))
-    with pytest.raises(ValueError, match=r"cut\.ckpt: encoder weights missing.*layers\.1\."):
-        load_bert_encoder(str(path), pooler=False)
+    path = _save(tmp_path / "cut.ckpt", source, drop=("layers.1.",))
+    with pytest.raises(ConfigError, match=r"cut\.ckpt: encoder weights missing.*layers\.1\."):
+        load_encoder(str(path), pooler=False)
     torch.save({"state_dict": {}}, tmp_path / "empty.ckpt")
-    with pytest.raises(ValueError, match=r"empty\.ckpt: no BERT config"):
-        load_bert_encoder(str(tmp_path / "empty.ckpt"), pooler=False)
-    with pytest.raises(FileNotFoundError, match=r"absent\.ckpt: checkpoint not found"):
-        load_bert_encoder(str(tmp_path / "absent.ckpt"), pooler=False)
+    with pytest.raises(CheckpointError, match=r"empty\.ckpt: not written by this suite's tasks"):
+        load_encoder(str(tmp_path / "empty.ckpt"), pooler=False)
+    with pytest.raises(CheckpointError, match=r"absent\.ckpt: checkpoint not found"):
+        load_encoder(str(tmp_path / "absent.ckpt"), pooler=False)
+    gpt = _save(tmp_path / "lm.ckpt", source, task="lm", kind="gpt")
+    with pytest.raises(ConfigError, match=r"lm\.ckpt: a 'lm' checkpoint holds a gpt, not a BERT encoder"):
+        load_encoder(str(gpt), pooler=False)
 
 
 def _dropouts(bert: BERT) -> set[float]:
@@ -72,9 +73,10 @@ def test_dropout_override_reaches_every_dropout_and_keeps_the_weights(tmp_path, 
     from modeling.hf import save_bert
     torch.manual_seed(0)
     source = BERT(dataclasses.replace(CONFIG, dropout=0.1, attention_dropout=0.1), pooler=True)
-    path = (_save(tmp_path / "c.ckpt", "backbone.", source, "backbone_config") if kind == "ckpt"
-            else save_bert(source, tmp_path / "hf"))
-    assert _dropouts(load_bert_encoder(str(path), pooler=True)[0]) == {0.1}
-    bert = load_bert_encoder(str(path), pooler=True, dropout=0.0)[0]
+    path = _save(tmp_path / "c.ckpt", source) if kind == "ckpt" else save_bert(source, tmp_path / "hf")
+    assert _dropouts(load_encoder(str(path), pooler=True)[0]) == {0.1}
+    bert = load_encoder(str(path), pooler=True, overrides={"dropout": 0.0, "attention_dropout": 0.0})[0]
     assert _dropouts(bert) == {0.0} and bert.config.dropout == bert.config.attention_dropout == 0.0
     assert _same_weights(bert, source, skip="-")
+    with pytest.raises(ConfigError, match="unknown BERT setting 'dropuot'"):
+        load_encoder(str(path), pooler=True, overrides={"dropuot": 0.0})

@@ -191,7 +191,8 @@ def test_lm_configs_parse(config, capsys):
     assert printed["trainer"]["max_steps"] > 0
     if config == "shakespeare_char_cpu.yaml":  # the nanoGPT CPU recipe, exactly
         m, d, t = printed["model"], printed["data"], printed["trainer"]
-        assert (m["num_layers"], m["num_heads"], m["hidden_size"], m["dropout"], m["bias"]) == (4, 4, 128, 0.0, False)
+        c = m["config"]
+        assert (c["num_layers"], c["num_heads"], c["hidden_size"], c["dropout"], c["bias"]) == (4, 4, 128, 0.0, False)
         assert (m["lr"], list(m["betas"]), m["weight_decay"], m["warmup_steps"], m["min_lr_ratio"]) == \
             (1e-3, [0.9, 0.99], 0.1, 100, 0.1)
         assert (d["block_size"], d["batch_size"], d["val_fraction"], d["val_batches"], d["tokenizer"]) == \

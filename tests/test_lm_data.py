@@ -208,9 +208,9 @@ def test_val_batches_zero_evaluates_whole_split(tmp_path):
 def test_bad_inputs_fail_with_one_clear_message(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"fine line\nbroken \xff byte\n")
-    with pytest.raises(ValueError, match=r"bad.txt:2: not valid UTF-8"):
+    with pytest.raises(ValueError, match=r"bad.txt, line 2: not UTF-8 text \(byte 0xff\)"):
         text_mod.read_documents([bad])
-    with pytest.raises(ValueError, match="missing.txt: text file not found"):
+    with pytest.raises(ValueError, match="missing.txt: file not found"):
         text_mod.read_documents([tmp_path / "missing.txt"])
-    with pytest.raises(ValueError, match="data.tokenizer: unknown tokenizer 'words'"):
+    with pytest.raises(ValueError, match="data.tokenizer 'words': unknown tokenizer"):
         TextDataModule(train_files=[str(SHAKESPEARE)], tokenizer="words", cache_dir=str(tmp_path)).setup("fit")

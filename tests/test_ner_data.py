@@ -153,15 +153,3 @@ def test_plain_text_tokenized_on_whitespace_and_punctuation(tmp_path):
 
 def test_casing_classes():
     assert [casing(w) for w in ["the", "Peter", "EU", "McDonald", "1996-08-22", ",", "A"]] == [1, 2, 3, 4, 5, 0, 2]
-
-
-def test_length_grouped_batches_cover_every_window_once():
-    from data.conll import LengthGroupedSampler
-    lengths = [5 + (i * 37) % 120 for i in range(1000)]
-    sampler = LengthGroupedSampler(lengths, batch_size=8, pool=10)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 125
-    assert sorted(i for b in batches for i in b) == list(range(1000))
-    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
-    assert padded < 1.15 * sum(lengths)                     # little padding
-    assert list(sampler) != batches                         # a new order each epoch

@@ -11,8 +11,17 @@ from conftest import FIXTURES, ROOT
 from ner_helpers import tiny_bert_dir
 
 import run
-from data.conll import CASING
+from data.conll import CASING, CoNLLDataModule
 from tasks.ner import NERTask
+
+
+def built(pretrained, labels=("O", "B-PER", "I-PER"), **kwargs) -> NERTask:
+    """A NERTask built for a new run, as `configure_model` does, on the fixture's training file."""
+    data = CoNLLDataModule(train_file=str(FIXTURES / "conll_train.txt"), labels=list(labels))
+    data.setup("fit")
+    task = NERTask(pretrained=str(pretrained), **kwargs)
+    task.blueprint = task.create(data)
+    return task
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +52,10 @@ def test_fit_writes_checkpoint_with_labels_and_tokenizer(trained):
     assert summary["metrics"]["train/loss"] < 0.5
     assert 0.0 < summary["metrics"]["val/f1"] <= 1.0         # learnt something on 110 sentences
     ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["labels"] == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
-                                                  "B-PER", "I-PER"]
-    assert "[CLS]" in ckpt["tokenizer_json"]
-    assert ckpt["hyper_parameters"]["bert_config"]["num_layers"] == 2
+    assert ckpt["task"]["task"] == "ner"
+    assert ckpt["task"]["labels"] == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    assert "[CLS]" in ckpt["task"]["tokenizer"]
+    assert ckpt["task"]["model_config"]["num_layers"] == 2
 
 
 def test_predict_plain_text_writes_entities_json(trained, tmp_path):
@@ -63,8 +72,8 @@ def test_predict_plain_text_writes_entities_json(trained, tmp_path):
                      "--predict_output", str(out), "--run_dir", str(tmp_path / "pred")])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["text"] for r in rows] == [line for line in lines if line]     # one row per sentence, in order
-    assert [r["line"] for r in rows] == [1, 2, 4, 5]
+    assert [r["text"] for r in rows] == lines                  # one row per input line, in order
+    assert [r["line"] for r in rows] == [1, 2, 3, 4, 5] and rows[2]["entities"] == []   # the blank line: empty
     found = [e for r in rows for e in r["entities"]]
     assert found, "the trained model tags entities on sentences it was trained on"
     for r in rows:
@@ -100,9 +109,8 @@ def test_malformed_file_is_one_line_error_and_no_checkpoint(tmp_path):
 
 def test_casing_segments_start_as_the_pretrained_model(tmp_path):
     directory = tiny_bert_dir(tmp_path)
-    labels = ["O", "B-PER", "I-PER"]
-    plain = NERTask(pretrained=str(directory), labels=labels).eval()
-    cased = NERTask(pretrained=str(directory), labels=labels, casing=True).eval()
+    plain = built(directory).eval()
+    cased = built(directory, casing=True).eval()
     cased.head.load_state_dict(plain.head.state_dict())
     assert cased.bert.embeddings.segment.num_embeddings == len(CASING)
     ids = torch.randint(5, 100, (2, 7))
@@ -114,8 +122,7 @@ def test_casing_segments_start_as_the_pretrained_model(tmp_path):
 @pytest.mark.parametrize("layers", ["embeddings", "last", "concat_last_four"])
 def test_feature_mode_freezes_the_encoder(tmp_path, layers):
     directory = tiny_bert_dir(tmp_path, num_layers=4)
-    task = NERTask(pretrained=str(directory), labels=["O", "B-PER", "I-PER"], mode="features", layers=layers,
-                   tagger="bilstm", lstm_hidden=8)
+    task = built(directory, mode="features", layers=layers, tagger="bilstm", lstm_hidden=8)
     task.train()
     ids = torch.randint(5, 100, (2, 7))
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
@@ -131,10 +138,10 @@ def test_feature_mode_freezes_the_encoder(tmp_path, layers):
 def test_fine_tune_from_our_own_checkpoint(trained, tmp_path):
     """model.pretrained may be one of our .ckpt files: its encoder weights and tokenizer are reused."""
     ckpt = trained / "checkpoints" / "last.ckpt"
-    task = NERTask(pretrained=str(ckpt), labels=["O", "B-PER", "I-PER"])
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    torch.testing.assert_close(task.bert.embeddings.token.weight, state["bert.embeddings.token.weight"])
-    assert task.tokenizer_json and "[CLS]" in task.tokenizer_json
+    task = built(ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(task.bert.embeddings.token.weight, saved["state_dict"]["bert.embeddings.token.weight"])
+    assert task.blueprint.tokenizer == saved["task"]["tokenizer"]        # the data reads text as the encoder learnt it
 
 
 def test_ddp_fit_validation_equals_one_process(tmp_path):

@@ -16,7 +16,7 @@ def tiny_bert(layers=3):
 
 def test_decay_goes_on_matrices_only():
     model = tiny_bert()
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model.parameters(), 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))

@@ -69,7 +69,7 @@ def test_default_config_trains_on_the_bundled_sample(tmp_path):
 
 def test_missing_checkpoint_or_bad_setting_is_one_line_exit_2(tmp_path, capsys):
     """A path that is not there, or a value outside a setting's choices: one line naming it, exit code 2."""
-    assert run.main(["classify", "fit", "--model.backbone", "null", "--model.pretrained",
+    assert run.main(["classify", "fit", "--model.config", "null", "--model.pretrained",
                      str(tmp_path / "absent.ckpt"), "--wandb", "false", "--run_dir", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "absent.ckpt: checkpoint not found" in err[0]

@@ -1,0 +1,110 @@
+"""What every data module shares.
+
+A data module subclasses `TaskDataModule` and reads its files in `setup`. From the base it gets:
+- the tokenizer's one way into and out of a checkpoint: `tokenizer_json()` is what the task stores in its
+  blueprint, and `adopt(blueprint)` (called before `setup` when a checkpoint is restored) makes the data use the
+  checkpoint's tokenizer and label names, so predict, test and resume read text exactly as the model was trained;
+- `loader(...)`: the one batch sampler (length-grouped or by token budget, sharded across processes; data/batching.py)
+  with the one padding collate;
+- the position inside the epoch: saved in every checkpoint, and a resumed run's first training loader starts after
+  the batches already done, so no example is skipped or repeated;
+- the shared settings, checked once (a bad value is a one-line ConfigError).
+
+A task reads what it needs from batches, from `tokenizer`, `labels`, `tokenizer_json()`, and from the documented
+methods a data module adds for evaluation (e.g. CoNLLDataModule.examples(split)), never from private attributes.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Optional, Sequence
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from data.batching import LengthGroupedSampler
+from data.errors import ConfigError
+from data.tokenization import load_tokenizer, tokenizer_from_str
+
+
+class TaskDataModule(pl.LightningDataModule):
+    def __init__(self, batch_size: int = 32, eval_batch_size: Optional[int] = None, num_workers: int = 0,
+                 seed: int = 42):
+        """
+        Args:
+            batch_size: examples per training batch (per process).
+            eval_batch_size: examples per evaluation / prediction batch (default: batch_size).
+            num_workers: DataLoader worker processes (0: load in the training process).
+            seed: seed of the batch order (epoch e shuffles with seed + e).
+        """
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key} {value}: must be at least 1")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers {num_workers}: must be >= 0")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.tokenizer = None
+        self.labels: Optional[list[str]] = None
+        self._resume: Optional[tuple[int, int]] = None
+
+    # ---- the tokenizer and labels of a checkpoint ---------------------------------------------------------------
+    @staticmethod
+    def parse_tokenizer(text: str):
+        """A tokenizer from its serialised form (`tokenizers` JSON here; a data module may use another kind)."""
+        return tokenizer_from_str(text)
+
+    def tokenizer_json(self) -> Optional[str]:
+        return self.tokenizer.to_str() if self.tokenizer is not None else None
+
+    def default_tokenizer(self, stored: Optional[str], pretrained: Optional[str]) -> None:
+        """Without a configured tokenizer, a new run reads text as the model it starts from was trained to: with the
+        tokenizer stored in our checkpoint (`stored`, its JSON), else the one in the `pretrained` directory."""
+        if self.tokenizer is None and stored:
+            self.tokenizer = self.parse_tokenizer(stored)
+        elif self.tokenizer is None and pretrained:
+            self.tokenizer = load_tokenizer(pretrained)
+
+    def adopt(self, blueprint) -> None:
+        """Use a restored checkpoint's tokenizer and labels (called before `setup`)."""
+        if blueprint.tokenizer is not None:
+            self.tokenizer = self.parse_tokenizer(blueprint.tokenizer)
+        if blueprint.labels is not None:
+            self.labels = list(blueprint.labels)
+
+    # ---- loaders ------------------------------------------------------------------------------------------------
+    def loader(self, dataset: Dataset, lengths: Sequence[int], collate: Callable, *, train: bool,
+               max_tokens: Optional[int] = None, group_by_length: bool = True, keep_order: bool = False,
+               batch_size: Optional[int] = None) -> DataLoader:
+        """Training batches (shuffled, length-grouped, equal counts per process, resumable) or evaluation batches
+        (sorted by length, each example on exactly one process); `keep_order` (predict) keeps the input order on
+        one process, so outputs line up with inputs."""
+        size = batch_size or (self.batch_size if train else self.eval_batch_size)
+        sampler = LengthGroupedSampler(lengths, size if max_tokens is None or batch_size else None,
+                                       max_tokens=max_tokens, shuffle=train,
+                                       group_by_length=group_by_length and not keep_order, seed=self.seed,
+                                       **({"num_replicas": 1, "rank": 0} if keep_order else {}))
+        if train and self._resume is not None:
+            sampler.skip_batches(*self._resume)
+            self._resume = None
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0 and train)
+
+    # ---- the position inside the epoch --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("batches_done"):
+            self._resume = (state["epoch"], state["batches_done"])
+            # the sampler resumes mid-epoch (above); Lightning cannot see that and would warn that it won't
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+
+    def resume_position(self) -> Optional[tuple[int, int]]:
+        """(epoch, batches done) of a restored checkpoint, once: for data modules with their own training stream."""
+        position, self._resume = self._resume, None
+        return position

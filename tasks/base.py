@@ -1,0 +1,202 @@
+"""The contract every task fills in.
+
+A task is a LightningModule that subclasses `Task` and provides:
+
+    name, monitor, monitor_mode   its run.py name, and the validation metric that picks the best checkpoint
+    create(data) -> Blueprint     a new run: build the network (from `pretrained` weights or from `config`, an
+                                  architecture from scratch) and describe it
+    build(blueprint)              rebuild that network from a checkpoint's description (the weights follow)
+    training_step, validation_step, ... as any LightningModule
+
+and may override `encoder()` (the module that layer-wise learning-rate decay walks) and `predict_step`.
+
+`Task` owns the rest, the same for every task:
+- *when* the network is built: `configure_model` calls `create` for a new run; a checkpoint (predict, test, resume,
+  `load_from_checkpoint`) calls `build` with the checkpoint's blueprint instead, before its weights are loaded;
+- *the checkpoint layout*: `checkpoint["task"]` is the blueprint (tasks/checkpoint.py), and a checkpoint of another
+  task is refused with a line that names its task;
+- *the optimizer*: AdamW without decay on norms and biases, warm-up then linear / cosine / inverse-sqrt decay,
+  optional layer-wise decay and head learning rate, fused where safe, gradient clipping under bf16 (tasks/optim.py);
+- *the shared settings*, checked once: a bad value is one `ConfigError` line, exit code 2;
+- *a run that diverges*: a NaN or infinite loss stops training with one line naming the step, before the weights
+  take the bad update;
+- *exact resumption*: the random number generators' states travel in the checkpoint, so a resumed run draws the
+  same dropout masks as an uninterrupted one.
+
+Example (a new task in about 40 lines: `tasks/classify.py` is a real one):
+
+    class SentimentTask(Task):
+        name, monitor, monitor_mode = "sentiment", "val/accuracy", "max"
+
+        def create(self, data):
+            bert = load_encoder(self.hparams.pretrained) if self.hparams.pretrained else BERT(BertConfig(**self.hparams.config))
+            bp = Blueprint(self.name, "bert", asdict(bert.config), data.tokenizer_json(), data.labels)
+            self.build(bp, encoder=bert)
+            return bp
+
+        def build(self, bp, encoder=None):
+            self.bert = encoder or BERT(BertConfig(**bp.model_config))
+            self.head = nn.Linear(self.bert.config.hidden_size, len(bp.labels))
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from data.errors import ConfigError
+from tasks.checkpoint import Blueprint, blueprint
+from tasks.optim import SCHEDULES, task_param_groups, warmup_schedule
+
+# An architecture from scratch: the modeling config's fields, e.g. {hidden_size: 128, num_layers: 2, num_heads: 2}.
+Architecture = dict[str, Union[bool, int, float, str]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: one line naming the step (run.py exits with 1)."""
+
+
+class Task(pl.LightningModule):
+    name: ClassVar[str]
+    monitor: ClassVar[str]
+    monitor_mode: ClassVar[Literal["min", "max"]]
+
+    def __init__(self, pretrained: Optional[str] = None, config: Optional[Architecture] = None,
+                 lr: float = 5e-5, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, warmup_steps: Optional[int] = None, warmup_ratio: float = 0.0,
+                 schedule: Literal["linear", "cosine", "constant", "inverse_sqrt"] = "linear",
+                 min_lr_ratio: float = 0.0, decay_steps: Optional[int] = None, layer_decay: float = 1.0,
+                 head_lr: Optional[float] = None, fused: Optional[bool] = None):
+        """
+        Args:
+            pretrained: where the weights start: a Hugging Face directory, a hub name (online), or one of our .ckpt
+                files (its encoder). Not used when a checkpoint is restored (`--ckpt_path`).
+            config: the architecture trained from scratch (the modeling config's fields), or overrides for the
+                pretrained one where the task allows (e.g. dropout).
+            lr: peak learning rate (AdamW).
+            weight_decay: AdamW decay of matrices (never of biases and norms).
+            betas, eps: AdamW's moment decay rates and epsilon.
+            warmup_steps: linear warm-up length in optimizer steps (wins over warmup_ratio).
+            warmup_ratio: warm-up as a fraction of all training steps.
+            schedule: after warm-up: linear or cosine decay to min_lr_ratio, constant, or inverse_sqrt (the paper's).
+            min_lr_ratio: floor of linear / cosine decay, as a fraction of lr.
+            decay_steps: steps over which the decay runs (default: all training steps).
+            layer_decay: layer-wise learning-rate decay over the encoder (1.0: off).
+            head_lr: learning rate of the parameters outside the encoder (default: lr).
+            fused: fused AdamW kernel (default: on CPU and CUDA, except with fp16's loss scaler).
+        """
+        super().__init__()
+        checks = [
+            ("lr", lr, lr > 0, "must be > 0"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "must be >= 0"),
+            ("warmup_ratio", warmup_ratio, 0 <= warmup_ratio < 1, "must be in [0, 1)"),
+            ("warmup_steps", warmup_steps, warmup_steps is None or warmup_steps >= 0, "must be >= 0"),
+            ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "must be in [0, 1]"),
+            ("decay_steps", decay_steps, decay_steps is None or decay_steps > 0, "must be > 0"),
+            ("layer_decay", layer_decay, 0 < layer_decay <= 1, "must be in (0, 1]"),
+            ("head_lr", head_lr, head_lr is None or head_lr > 0, "must be > 0"),
+            ("betas", betas, all(0 <= b < 1 for b in betas), "must be in [0, 1)"),
+            ("schedule", schedule, schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+        ]
+        for key, value, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"model.{key} {value}: {rule}")
+        if pretrained is not None and not str(pretrained).strip():
+            raise ConfigError("model.pretrained is empty")
+        self.save_hyperparameters()
+        self.blueprint: Optional[Blueprint] = None
+
+    # ---- what a task fills in -------------------------------------------------------------------------------
+    def create(self, data: pl.LightningDataModule) -> Blueprint:
+        """Build the network for a new run from `hparams.pretrained` or `hparams.config` and the data (its tokenizer
+        and labels); return the blueprint that rebuilds it."""
+        raise NotImplementedError
+
+    def build(self, blueprint: Blueprint) -> None:
+        """Build the network a blueprint describes, with fresh weights (a checkpoint's state dict loads next)."""
+        raise NotImplementedError
+
+    def encoder(self) -> Optional[nn.Module]:
+        """The BERT-style encoder (`embeddings`, `layers`) that layer_decay and head_lr refer to, if any."""
+        return None
+
+    # ---- when the network is built ----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.blueprint is not None or self._trainer is None:
+            return      # built from a checkpoint (restore), or by an earlier stage; without a trainer: load_from_checkpoint
+        data = self.trainer.datamodule
+        if data is None:
+            raise ConfigError(f"{self.name}: a data module is needed to build a new model")
+        self.blueprint = self.create(data)
+
+    def restore(self, checkpoint: dict, source: str = "checkpoint") -> Blueprint:
+        """Build the network of `checkpoint` (read by tasks.checkpoint.read_checkpoint); run.py calls this before
+        the trainer starts, `load_from_checkpoint` through `on_load_checkpoint`."""
+        bp = blueprint(checkpoint, source, task=self.name)
+        if self.blueprint is None or self.blueprint != bp:
+            self.build(bp)
+            self.blueprint = bp
+        return bp
+
+    # ---- the checkpoint layout --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["task"] = self.blueprint.to_dict()
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restore(checkpoint)
+        rng = checkpoint.get("rng")
+        if rng and self._trainer is not None and self.trainer.state.fn == "fit":    # resuming: same random draws
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    # ---- optimisation -----------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = task_param_groups(self, hp.lr, hp.weight_decay, self.encoder(), hp.layer_decay, hp.head_lr)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=self._fused())
+        total = hp.decay_steps or int(self.trainer.estimated_stepping_batches)
+        if total <= 0 or total == float("inf"):
+            raise ConfigError(f"{self.name}: training length unknown: set trainer.max_steps or model.decay_steps")
+        warmup = hp.warmup_steps if hp.warmup_steps is not None else int(hp.warmup_ratio * total)
+        scheduler = warmup_schedule(optimizer, warmup, total, hp.schedule, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused(self) -> bool:
+        """Fused AdamW on CPU and CUDA, except under fp16 (Lightning's loss scaler cannot unscale into it)."""
+        if self.hparams.fused is not None:
+            return self.hparams.fused
+        return self.device.type in ("cpu", "cuda") and "16-mixed" != str(self.trainer.precision)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning refuses to clip a fused optimizer's gradients under any mixed precision, because fp16's loss
+        scaler would have to unscale them first. bf16 has no scaler: clip directly (sharded strategies clip their
+        own way, through Lightning)."""
+        strategy = type(self.trainer.strategy).__name__
+        if gradient_clip_val and str(self.trainer.precision) == "bf16-mixed" and \
+                gradient_clip_algorithm in (None, "norm") and strategy in ("SingleDeviceStrategy", "DDPStrategy"):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def all_gather_uneven(self, x: torch.Tensor) -> torch.Tensor:
+        """(N_rank, ...) from every process, concatenated in rank order -> (N_total, ...). Evaluation shards need not
+        be the same size (data/batching.py), and all_gather needs equal shapes: pad, gather, trim."""
+        if self.trainer.world_size == 1:
+            return x
+        sizes = self.all_gather(torch.tensor([x.size(0)], device=x.device)).flatten().tolist()    # (W,)
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[:x.size(0)] = x
+        gathered = self.all_gather(padded)                                                      # (W, max, ...)
+        return torch.cat([gathered[rank, :n] for rank, n in enumerate(sizes)])
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{self.name}: the training loss is {loss.item()} at step {self.global_step} "
+                                   f"(epoch {self.current_epoch}); stopped before the update. Try a lower model.lr "
+                                   f"or trainer.gradient_clip_val")

@@ -1,0 +1,167 @@
+"""One checkpoint layout, one reader, and the `last.ckpt` that always holds the newest state.
+
+Layout. Besides Lightning's own entries (state_dict, optimizer and loop states, hyper_parameters), every
+checkpoint a task writes carries `checkpoint["task"]`, a `Blueprint`: the task's name, a format version, the
+model's kind and config, the tokenizer (serialised), the label names and the task's shape settings. With it,
+`predict`, `test`, resuming, exporting and starting another task from the encoder need nothing but the file.
+
+Reading. `read_checkpoint` is the only place a `.ckpt` is opened (`weights_only=True`: a pickle that runs code is
+refused). Every problem is one `CheckpointError` line naming the file: missing, truncated or not a checkpoint,
+unsafe, written by another task (named), or by an unknown format.
+
+Saving. `LastCheckpoint` writes `last.ckpt` every `every_n_steps` optimizer steps, after every validation, at
+the end of fit, and when Ctrl-C stops a run (at the next step boundary, so the file is consistent). Lightning
+writes through an fsspec transaction (a temporary file moved into place), so a kill never leaves a half-written
+checkpoint under a `.ckpt` name. `latest_checkpoint` finds the newest checkpoint of a run, whatever its name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import signal
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from data.errors import ConfigError
+
+FORMAT = 1
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used here: one line naming the file and the reason (exit code 2)."""
+
+
+@dataclass
+class Blueprint:
+    """What rebuilds a task's network and its inputs without the original files (`checkpoint["task"]`)."""
+    task: str                                   # run.py's task name
+    model_kind: str                             # "bert", "gpt" or "transformer"
+    model_config: dict                          # the modeling config's fields
+    tokenizer: Optional[str] = None             # the serialised tokenizer (tokenizers JSON, or lm's TextTokenizer)
+    labels: Optional[list[str]] = None          # class / tag names, in output order
+    settings: dict = field(default_factory=dict)  # the task's shape settings (pooling, regression, casing, ...)
+    format: int = FORMAT
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "checkpoint") -> "Blueprint":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"task", "model_kind", "model_config"} - set(d)
+        if missing or not set(d) <= names:
+            raise CheckpointError(f"{source}: malformed task entry (keys {sorted(d)})")
+        return cls(**d)
+
+
+def read_checkpoint(path: str | Path, task: Optional[str] = None) -> dict:
+    """The checkpoint at `path` as a dict, loaded with `weights_only=True`; with `task`, it must be that task's."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found" if not path.exists()
+                              else f"{path}: not a checkpoint file (a directory?)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).split("\n")[0]
+        if "Unsupported" in str(e) or "weights_only" in str(e):
+            reason = "it holds Python objects that could run code, refused (weights_only=True)"
+        raise CheckpointError(f"{path}: cannot load safely: {reason}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another kind of file: {first})") \
+            from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    if task is not None:
+        blueprint(ckpt, path, task)
+    return ckpt
+
+
+def blueprint(ckpt: dict, path: str | Path = "checkpoint", task: Optional[str] = None) -> Blueprint:
+    """The checkpoint's Blueprint; with `task`, a checkpoint of another task is an error that names its task."""
+    entry = ckpt.get("task")
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: not written by this suite's tasks (no 'task' entry)")
+    if entry.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {entry.get('format')!r}, this version reads {FORMAT}")
+    bp = Blueprint.from_dict(entry, str(path))
+    if task is not None and bp.task != task:
+        raise CheckpointError(f"{path}: this is a {bp.task!r} checkpoint, not a {task!r} one "
+                              f"(use `run.py {bp.task} ...`, or give it to --model.pretrained to start from its encoder)")
+    return bp
+
+
+def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """The most recently written `*.ckpt` under `run_dir/checkpoints`, whatever its name (None if there is none)."""
+    files = list((Path(run_dir) / "checkpoints").glob("*.ckpt"))
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+
+
+class LastCheckpoint(pl.callbacks.Checkpoint):
+    """Keeps `<dirpath>/last.ckpt` the newest state of the run.
+
+    Saved every `every_n_steps` optimizer steps (if set), after each validation during fit, and when fit ends.
+    A run that stops inside an epoch (max_steps, max_time, Ctrl-C) is saved at its last step, before Lightning
+    counts the unfinished epoch as done, so a resumed run continues that epoch where it stopped. Ctrl-C: the first
+    SIGINT asks the run to stop at the end of the current step (the state is consistent there); a second one
+    interrupts at once. (A `Checkpoint` subclass, so Lightning runs it after the callbacks that stop a run.)
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str | Path, every_n_steps: Optional[int] = None):
+        super().__init__()
+        self.path = Path(dirpath) / self.FILENAME
+        self.every_n_steps = every_n_steps
+        self.interrupted = False
+        self._previous_handler: Any = None
+        self._saved_step = -1
+        self._stop_saved = False
+
+    def save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._saved_step = trainer.global_step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero or trainer.world_size == 1:
+            try:
+                self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            except ValueError:                      # not the main thread: leave Ctrl-C alone
+                self._previous_handler = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.interrupted = True
+        signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)  # a second one interrupts
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        interrupted = self.interrupted
+        if trainer.world_size > 1:                  # every process stops at the same step
+            flag = torch.tensor(float(interrupted), device=pl_module.device)
+            interrupted = bool(trainer.strategy.reduce(flag, reduce_op="max") > 0)
+        if interrupted:
+            self.interrupted = True
+            trainer.should_stop = True
+        step = trainer.global_step
+        stopping = trainer.should_stop or 0 < trainer.max_steps <= step
+        if stopping and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.save(trainer)                      # inside the epoch: the state on_train_end would see is not
+            self._stop_saved = True
+        elif self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self._stop_saved:
+            self.save(trainer)
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

@@ -1,0 +1,82 @@
+"""The contract every task keeps, checked for each task run.py lists (a new task runs this without new test code):
+fit two steps on the task's embedded default (fixtures), predict from the checkpoint with nothing else given (one
+output line per input line), resume from `last` to the requested step, and a checkpoint given to another task is
+one line that names the task it belongs to."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import run
+from conftest import ROOT
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def predict_inputs(task: str) -> int:
+    """Lines of the default config's predict file that are inputs (a TSV/CSV header is not)."""
+    config = yaml.safe_load((ROOT / run.TASKS[task].default_config).read_text())
+    path = ROOT / config["data"]["predict_file"]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return len(lines) - (1 if path.suffix in (".tsv", ".csv") else 0)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict[str, Path]:
+    """Each task's default config, fit for two optimizer steps: task -> its last.ckpt."""
+    out = {}
+    for task in run.TASKS:
+        run_dir = tmp_path_factory.mktemp(task)
+        assert run.main([task, "fit", "--trainer.max_steps", "2", "--run_dir", str(run_dir), "--wandb", "false",
+                         *QUIET]) == 0, task
+        out[task] = run_dir
+    return out
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
+def test_fit_writes_last_checkpoint_with_the_task_blueprint(fitted, task):
+    ckpt = torch.load(fitted[task] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert ckpt["task"]["task"] == task and ckpt["task"]["format"] == 1
+    assert ckpt["task"]["model_kind"] in ("bert", "gpt", "transformer") and ckpt["task"]["model_config"]
+    assert ckpt["task"]["tokenizer"]                                   # predict needs nothing else
+    summary = json.loads((fitted[task] / "fit_metrics.json").read_text())
+    assert summary["global_step"] == 2 and summary["last_checkpoint"].endswith("last.ckpt")
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
+def test_predict_from_the_checkpoint_alone_writes_one_line_per_input(fitted, task, tmp_path):
+    out = tmp_path / "predictions.jsonl"
+    assert run.main([task, "predict", "--ckpt_path", str(fitted[task] / "checkpoints" / "last.ckpt"),
+                     "--predict_output", str(out), "--run_dir", str(tmp_path / "run"), *QUIET]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == predict_inputs(task) > 0
+    assert all(isinstance(r, dict) and r for r in rows)
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
+def test_resume_from_last_continues_to_the_requested_step(fitted, task, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run.main([task, "fit", "--trainer.max_steps", "2", "--run_dir", str(run_dir), "--wandb", "false",
+                     *QUIET]) == 0
+    assert run.main([task, "fit", "--ckpt_path", "last", "--trainer.max_steps", "3", "--run_dir", str(run_dir),
+                     "--wandb", "false", *QUIET]) == 0
+    assert json.loads((run_dir / "fit_metrics.json").read_text())["global_step"] == 3
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
+def test_another_tasks_checkpoint_is_one_line_naming_its_task(fitted, task, tmp_path, capsys):
+    ckpt = str(fitted[task] / "checkpoints" / "last.ckpt")
+    for other in run.TASKS:
+        if other == task:
+            continue
+        capsys.readouterr()
+        assert run.main([other, "predict", "--ckpt_path", ckpt, "--run_dir", str(tmp_path / other), *QUIET]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"this is a {task!r} checkpoint, not a {other!r} one" in err[0], err
+        assert not (tmp_path / other).exists()                          # nothing left behind
