@@ -61,6 +61,10 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+# Verbs every task has, `run.py <task> <verb> ...`: "module:function", called as function(task, argv) -> exit code.
+COMMON_VERBS = {"export": "tasks.export:main", "attention": "tasks.attention:main"}
+
+
 class UsageError(Exception):
     """A bad command line: reported as one line, exit code 2."""
 
@@ -331,13 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if task not in TASKS:
             raise UsageError(f"unknown task {task!r}; choose from: {', '.join(TASKS)}")
+        if rest and rest[0] in COMMON_VERBS:
+            return int(import_target(COMMON_VERBS[rest[0]], task)(task, rest[1:]) or 0)
         task_module = import_target(TASKS[task].module.partition(":")[0], task)
         verbs = getattr(task_module, "VERBS", {})
         if rest and rest[0] in verbs:
             return int(verbs[rest[0]](rest[1:]) or 0)
         if rest and not rest[0].startswith("-") and rest[0] not in SUBCOMMANDS:
             raise UsageError(f"unknown subcommand {rest[0]!r} for task {task!r}; choose from: "
-                             + ", ".join([*SUBCOMMANDS, *verbs]))
+                             + ", ".join([*SUBCOMMANDS, *verbs, *COMMON_VERBS]))
         import warnings
         with warnings.catch_warnings():  # run.py passes args on purpose; Lightning warns about that
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
