@@ -107,8 +107,7 @@ def _json_string_lists(path: Path, key: str, lines: list[int]) -> list[list[str]
     scalar columns only, so the lists are read here."""
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise ConfigError(f"data.references_column {key!r}: extra references need a JSON lines file, not {path.name}")
-    with path.open(encoding="utf-8") as f:               # the line numbering of read_table
-        text_lines = f.readlines()
+    text_lines = path.read_text(encoding="utf-8-sig").splitlines()     # numbered as read_table numbers them
     lists = []
     for line in lines:
         value = json.loads(text_lines[line - 1]).get(key, [])
