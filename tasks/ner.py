@@ -208,7 +208,7 @@ class NERTask(Task):
 
     def _score(self, split: str, metric: EntityF1, prefix: str) -> None:
         tags, mine, cut = self._word_tags(split)
-        gold = self.trainer.datamodule.sentences[split]
+        gold, _ = self.trainer.datamodule.examples(split)
         metric.update([tags[i] for i in mine], [gold[i].tags for i in mine])
         result = metric.compute()
         metric.reset()

@@ -77,3 +77,44 @@ def test_missing_checkpoint_or_bad_setting_is_one_line_exit_2(tmp_path, capsys):
                      "--run_dir", str(tmp_path / "b")]) == 2
     assert "train_sampling" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_json_lines_writer_writes_one_line_per_item_in_order(tmp_path):
+    """The prediction writer is importable and testable on its own: one JSON line per returned dict, in order."""
+    writer = run.JsonLinesWriter(tmp_path / "out" / "p.jsonl")
+    writer.on_predict_start(None, None)
+    writer.write_on_batch_end(None, None, [{"i": 0, "text": "é"}, {"i": 1}], None, None, 0)
+    writer.write_on_batch_end(None, None, [], None, None, 1)                  # a batch that completes nothing
+    writer.write_on_batch_end(None, None, [{"i": 2}], None, None, 2)
+    writer.on_predict_end(None, None)
+    lines = (tmp_path / "out" / "p.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["i"] for line in lines] == [0, 1, 2] and writer.count == 3
+    assert '"é"' in lines[0]                                                 # UTF-8, not escaped
+
+
+def test_ckpt_path_last_finds_the_newest_checkpoint_whatever_its_name(tmp_path):
+    from tasks.checkpoint import latest_checkpoint
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    assert latest_checkpoint(tmp_path) is None
+    for i, name in enumerate(["last.ckpt", "best-epoch=0-step=4.ckpt", "step=9.ckpt"]):
+        (ckpts / name).write_bytes(b"x")
+        os.utime(ckpts / name, ns=(10**9 * (i + 1), 10**9 * (i + 1)))
+    (ckpts / "tmpabc").write_bytes(b"half-written")                          # a write in progress: not a .ckpt
+    assert latest_checkpoint(tmp_path).name == "step=9.ckpt"
+
+
+def test_a_user_error_removes_the_run_directory_it_created_but_not_an_existing_one(tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\ngood\t1\nbad\t7\n")
+    new_dir = tmp_path / "new"
+    assert run.main(["classify", "fit", "--data.train_file", str(bad), "--data.labels", '["0", "1"]', "--wandb",
+                     "false", "--run_dir", str(new_dir)]) == 2
+    assert "bad.tsv, line 3: label '7' is not in the label set" in capsys.readouterr().err
+    assert not new_dir.exists()
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    (old_dir / "notes.txt").write_text("mine")
+    assert run.main(["classify", "fit", "--data.train_file", str(bad), "--data.labels", '["0", "1"]', "--wandb",
+                     "false", "--run_dir", str(old_dir)]) == 2
+    assert (old_dir / "notes.txt").read_text() == "mine"
