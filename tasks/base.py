@@ -23,20 +23,7 @@ and may override `encoder()` (the module that layer-wise learning-rate decay wal
 - *exact resumption*: the random number generators' states travel in the checkpoint, so a resumed run draws the
   same dropout masks as an uninterrupted one.
 
-Example (a new task in about 40 lines: `tasks/classify.py` is a real one):
-
-    class SentimentTask(Task):
-        name, monitor, monitor_mode = "sentiment", "val/accuracy", "max"
-
-        def create(self, data):
-            bert = load_encoder(self.hparams.pretrained) if self.hparams.pretrained else BERT(BertConfig(**self.hparams.config))
-            bp = Blueprint(self.name, "bert", asdict(bert.config), data.tokenizer_json(), data.labels)
-            self.build(bp, encoder=bert)
-            return bp
-
-        def build(self, bp, encoder=None):
-            self.bert = encoder or BERT(BertConfig(**bp.model_config))
-            self.head = nn.Linear(self.bert.config.hidden_size, len(bp.labels))
+README.md "Adding a task" walks through `tasks/classify.py` as the example.
 """
 from __future__ import annotations
 
