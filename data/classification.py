@@ -11,16 +11,15 @@ The tokenizer and label names travel in the task's checkpoint (data.base), so `p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Optional, Union
 
 from torch.utils.data import DataLoader, Dataset
 
 from data.base import TaskDataModule
 from data.batching import pad_collate
+from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
 from data.readers import read_table
 from data.tokenization import load_tokenizer
@@ -209,11 +208,9 @@ class ClassificationDataModule(TaskDataModule):
             if self.labels is None and not self.regression:
                 raise DataError(f"{table['_origin']}: unknown label set: set data.labels or evaluate a checkpoint")
             table["targets"] = self._labels_to_targets(table)
-        key = self._cache_key(table)
-        cached = self._load_cache(key)
-        if cached is None:
-            cached = self._tokenize(table)
-            self._save_cache(key, cached)
+        write = self.trainer is None or self.trainer.global_rank == 0     # DDP: rank 0 stores the cache
+        cached = cached_columns(self.hparams.cache_dir or None, self._cache_key(table),
+                                lambda: self._tokenize(table), write)
         if "targets" in table:
             cached["labels"] = table["targets"]
         cached["index"] = list(range(len(cached["input_ids"])))
@@ -240,35 +237,9 @@ class ClassificationDataModule(TaskDataModule):
 
     def _cache_key(self, table: dict) -> str:
         hp = self.hparams
-        h = hashlib.sha1()
-        h.update(self.tokenizer.to_str().encode())
-        h.update(json.dumps([hp.text_column, hp.text_pair_column, hp.max_length]).encode())
-        for column in (hp.text_column, hp.text_pair_column):
-            if column:
-                h.update("\x00".join(table[column]).encode())
-        return h.hexdigest()[:20]
-
-    def _load_cache(self, key: str) -> Optional[dict]:
-        if not self.hparams.cache_dir:
-            return None
-        path = Path(self.hparams.cache_dir) / key
-        if not (path / "dataset_info.json").exists():
-            return None
-        import datasets
-        ds = datasets.load_from_disk(str(path))
-        return {"input_ids": ds["input_ids"], "token_type_ids": ds["token_type_ids"]}
-
-    def _save_cache(self, key: str, columns: dict) -> None:
-        if not self.hparams.cache_dir:
-            return
-        import datasets
-        path = Path(self.hparams.cache_dir) / key
-        if self.trainer is not None and self.trainer.global_rank != 0:
-            return
-        tmp = path.with_name(path.name + ".tmp")
-        datasets.disable_progress_bars()
-        datasets.Dataset.from_dict(columns).save_to_disk(str(tmp))
-        tmp.rename(path) if not path.exists() else None
+        texts = ["\x00".join(table[column]) for column in (hp.text_column, hp.text_pair_column) if column]
+        return content_key(self.tokenizer.to_str(), json.dumps([hp.text_column, hp.text_pair_column, hp.max_length]),
+                           *texts)
 
     # ---- loaders ------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool = False, keep_order: bool = False) -> DataLoader:

@@ -1,0 +1,59 @@
+"""Tokenised splits cached on disk as `datasets` Arrow files, keyed by everything that produced them.
+
+A data module computes `content_key(tokenizer JSON, settings, texts...)` and asks `cached_columns(cache_dir, key,
+build)` for its columns (`{name: [one value per example]}`): a hit reads them back, a miss calls `build()` and
+writes the result. Any change of text, tokenizer or settings changes the key, so a stale cache is never read.
+A cache is written to a temporary directory and renamed into place, so an interrupted run never leaves a partial
+one; under DDP only the process that `write`s (rank 0) stores it, the others tokenise for themselves.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+
+def content_key(*parts: str) -> str:
+    """A short hash of the parts, in order (20 hex digits)."""
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode())
+    return h.hexdigest()[:20]
+
+
+def load_columns(cache_dir: str | Path, key: str) -> Optional[dict[str, list]]:
+    """The cached columns as plain Python lists, or None when there is no cache under `key`."""
+    path = Path(cache_dir) / key
+    if not (path / "dataset_info.json").exists():
+        return None
+    import datasets
+    table = datasets.load_from_disk(str(path)).data       # Arrow columns -> lists at once (`ds[name]` goes row by row)
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def save_columns(cache_dir: str | Path, key: str, columns: dict[str, list]) -> None:
+    """Store the columns under `key` (written beside it, then renamed into place)."""
+    import datasets
+    path = Path(cache_dir) / key
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_dict(columns).save_to_disk(str(tmp))
+    if path.exists():                  # another run stored the same key meanwhile: its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+def cached_columns(cache_dir: Optional[str | Path], key: str, build: Callable[[], dict[str, list]],
+                   write: bool = True) -> dict[str, list]:
+    """The columns cached under `key`, or `build()`'s (stored when `write`). `cache_dir` None: no cache."""
+    if cache_dir is None:
+        return build()
+    columns = load_columns(cache_dir, key)
+    if columns is None:
+        columns = build()
+        if write:
+            save_columns(cache_dir, key, columns)
+    return columns
