@@ -180,7 +180,8 @@ def sentences_per_second(decode, batches: list[tuple]) -> tuple[float, list[torc
 
 
 def ratio_summary(ratios: list[float]) -> str:
-    return f"median {statistics.median(ratios):.2f}x (spread {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds)"
+    return (f"median {statistics.median(ratios):.2f}x "
+            f"(spread {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds)")
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -231,7 +232,8 @@ def main() -> None:
         ours_logits = ours(b["src"], b["tgt_in"], b["src_mask"])
         hf_logits = hf(input_ids=b["src"], attention_mask=b["src_mask"], decoder_input_ids=b["tgt_in"]).logits
     gap = (ours_logits - hf_logits).abs().max().item()
-    print(f"shape: {args.layers}+{args.layers} layers, width {args.hidden_size}, {args.heads} heads, FFN {args.ffn_size}; "
+    print(f"shape: {args.layers}+{args.layers} layers, width {args.hidden_size}, {args.heads} heads, "
+          f"FFN {args.ffn_size}; "
           f"{sum(p.numel() for p in ours.parameters()):,} parameters (ours), "
           f"{sum(p.numel() for p in hf.parameters()):,} (HF); same weights: max |logit difference| {gap:.2e}")
     if gap > 1e-3:
@@ -259,8 +261,9 @@ def main() -> None:
     hf.eval()
     sources = encode_pairs(tokenizer, test.sources[:args.sentences], test.targets[:args.sentences],
                            args.max_positions).source_ids
-    decode_batches = [(src, (src != PAD_ID).long()) for src in
-                      (pad(sources[i:i + args.decode_batch_size]) for i in range(0, len(sources), args.decode_batch_size))]
+    size = args.decode_batch_size
+    decode_batches = [(src, (src != PAD_ID).long())
+                      for src in (pad(sources[i:i + size]) for i in range(0, len(sources), size))]
     decoders = decode_fns(ours, hf, args.beam, args.max_new_tokens)
     decode_rounds, same = [], None
     for r in range(args.rounds):

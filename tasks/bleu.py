@@ -1,8 +1,9 @@
 """Corpus BLEU (Papineni et al. 2002) with sacreBLEU's semantics, from sufficient statistics summed over the corpus.
 
     BLEU = BP · exp( (1/N) Σ_{n=1..N} log p_n ) · 100,    N = 4
-    p_n  = Σ_segments Σ_{n-grams g of the hypothesis} min(count_hyp(g), max_refs count_ref(g))  /  Σ hypothesis n-grams
-    BP   = 1 if c ≥ r else exp(1 − r / c),   c = Σ hypothesis lengths, r = Σ closest reference length (the shorter on a tie)
+    p_n  = Σ_segments Σ_{n-grams g of the hypothesis} min(count_hyp(g), max_refs count_ref(g)) / Σ hypothesis n-grams
+    BP   = 1 if c ≥ r else exp(1 − r / c),   c = Σ hypothesis lengths,
+           r = Σ closest reference length (the shorter on a tie)
 
 Smoothing "exp" (mteval-v13a, sacreBLEU's default): the k-th order without any match gets p_n = 1 / (2^k · total_n).
 Hypotheses and references are lowercased (optionally), right-stripped and tokenised before counting:

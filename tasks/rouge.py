@@ -2,7 +2,7 @@
 package (`RougeScorer(types, use_stemmer=True)`), which is a test dependency only.
 
     tokens:     lowercase, every run of characters outside [a-z0-9] is a separator, words longer than 3 letters stemmed
-    ROUGE-N:    P = |n-grams(pred) ∩ n-grams(ref)| / |n-grams(pred)|,  R = … / |n-grams(ref)|  (multiset intersection)
+    ROUGE-N:    P = |n-grams(pred) ∩ n-grams(ref)| / |n-grams(pred)|,  R = … / |n-grams(ref)|  (∩ of multisets)
     ROUGE-L:    P = LCS(pred, ref) / |pred|,  R = LCS(pred, ref) / |ref|
     ROUGE-Lsum: summary-level LCS: texts split into sentences on "\\n"; for each reference sentence the union of its
                 LCS with every predicted sentence, each token counted at most as often as it occurs on both sides
