@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data.errors import ConfigError, DataError
-from data.readers import read_table
+from data.readers import read_table, read_text
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
@@ -54,15 +54,7 @@ class Pairs:
 def read_lines(path: str | Path) -> list[str]:
     """The lines of a UTF-8 text file, split on "\\n" only (as `wc -l` counts them), stripped at both ends.
     An empty line is an error: it would shift or drop a pair."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}, line {line}: not valid UTF-8") from None
+    text = read_text(path)
     lines = text.split("\n")
     if lines[-1] == "":                      # the newline that ends the last line
         lines.pop()
@@ -107,7 +99,7 @@ def _json_string_lists(path: Path, key: str, lines: list[int]) -> list[list[str]
     scalar columns only, so the lists are read here."""
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise ConfigError(f"data.references_column {key!r}: extra references need a JSON lines file, not {path.name}")
-    text_lines = path.read_text(encoding="utf-8-sig").splitlines()     # numbered as read_table numbers them
+    text_lines = read_text(path).splitlines()                          # numbered as read_table numbers them
     lists = []
     for line in lines:
         value = json.loads(text_lines[line - 1]).get(key, [])

@@ -68,7 +68,7 @@ def test_bad_input_missing_file_and_bad_utf8(tmp_path):
         read_parallel(tmp_path / "nope.en", VAL_DE)
     bad = tmp_path / "bad.de"
     bad.write_bytes("Ein Hund.\nZwei Männer.\n".encode("utf-8") + b"Eine Katze \xff.\n")
-    with pytest.raises(DataError, match=rf"^{bad}, line 3: not valid UTF-8"):
+    with pytest.raises(DataError, match=rf"^{bad}, line 3: not UTF-8 text"):
         read_parallel(VAL_EN, bad)
 
 
