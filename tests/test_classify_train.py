@@ -179,3 +179,22 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates(tmp_path):
     assert lrs["head.no_decay"] == lrs["head"] and lrs["embeddings.no_decay"] == lrs["embeddings"]
     code = run.main(tiny_args(tmp_path / "bad", "--model.layer_decay", "1.5"))
     assert code == 2 and not list((tmp_path / "bad").rglob("*.ckpt"))
+
+
+def test_last_checkpoint_is_the_final_model_and_predict_reproduces_its_dev_accuracy(tmp_path):
+    """After a multi-epoch fit, last.ckpt holds the final step, and predicting the dev file from it gives exactly the
+    dev accuracy the fit reported for its final model (a stale last.ckpt would not)."""
+    run_dir = tmp_path / "fit"
+    assert run.main(tiny_args(run_dir, "--trainer.max_epochs", "3")) == 0
+    fit = summary(run_dir)
+    assert fit["global_step"] == 18
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 18
+    out = tmp_path / "pred.jsonl"
+    assert run.main(["classify", "predict", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+                     "--data.predict_file", str(FIXTURES / "sst2_dev.tsv"), "--data.cache_dir", "null",
+                     "--predict_output", str(out), "--run_dir", str(tmp_path / "p"),
+                     "--trainer.enable_progress_bar", "false"]) == 0
+    gold = [line.split("\t")[1] for line in (FIXTURES / "sst2_dev.tsv").read_text().splitlines()[1:]]
+    predicted = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+    assert len(predicted) == len(gold) and accuracy == pytest.approx(fit["metrics"]["val/accuracy"], abs=1e-6)
