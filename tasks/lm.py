@@ -153,9 +153,13 @@ class LMTask(Task):
 
     def setup(self, stage: str) -> None:
         if self.hparams.flush_denormal:
-            torch.set_flush_denormal(True)
+            torch.set_flush_denormal(True)               # a process-wide CPU flag: teardown clears it
         if self.blueprint is not None and self.trainer.datamodule is not None:    # restored from a checkpoint
             self.check_context(self.trainer.datamodule)
+
+    def teardown(self, stage: str) -> None:
+        if self.hparams.flush_denormal:
+            torch.set_flush_denormal(False)
 
     # training ----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -232,9 +236,7 @@ class LMTask(Task):
         with path.open("a", encoding="utf-8") as f:
             for i, text in enumerate(texts):
                 f.write(f"===== step {step} sample {i} =====\n{text}\n")
-        for logger in self.loggers:
-            if hasattr(logger, "log_text"):  # wandb
-                logger.log_text(key="samples", columns=["step", "sample"], data=[[step, t] for t in texts])
+        self.log_table("samples", ["step", "sample"], [[step, t] for t in texts])
 
 
 # ---------------------------------------------------------------------------------------------------------
