@@ -83,6 +83,28 @@ class KVCache:
         self.v = self.v.index_select(0, index)
 
 
+class ProjectedMemory:
+    """The encoder memory projected to the keys and values of every cross-attention layer, once.
+
+    While decoding, the memory does not change from one step to the next, so neither do its keys and values: projecting
+    the (B, S, D) memory in every layer at every step is repeated work (most of a beam-search step's time). This holds
+    each layer's (B, H, S, Dh) keys and values; a cross-attention layer given it as `memory` reads them.
+    """
+
+    def __init__(self, keys_values: dict[nn.Module, tuple[Tensor, Tensor]]):
+        self.keys_values = keys_values
+
+    @classmethod
+    def project(cls, memory: Tensor, layers) -> "ProjectedMemory":
+        """(B, S, D) memory -> each cross-attention layer's keys and values."""
+        return cls({layer: layer.memory_keys_values(memory) for layer in layers})
+
+    def repeat_interleave(self, repeats: int) -> "ProjectedMemory":
+        """Each batch row `repeats` times in a row (beam search: one copy per beam)."""
+        return ProjectedMemory({layer: (k.repeat_interleave(repeats, dim=0), v.repeat_interleave(repeats, dim=0))
+                                for layer, (k, v) in self.keys_values.items()})
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with one fused Q/K/V projection (self-attention) or separate Q and K/V
     projections (cross-attention: queries from the decoder, keys and values from the encoder)."""
@@ -108,12 +130,18 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None,
+    def memory_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention: the encoder output (B, S, D) as keys and values, (B, H, S, Dh) each."""
+        k, v = (self.split_heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+        return k, v
+
+    def forward(self, x: Tensor, memory: Tensor | ProjectedMemory | None = None, mask: Tensor | None = None,
                 is_causal: bool = False, cache: KVCache | None = None) -> Tensor:
-        """x: (B, T, D) queries; memory: (B, S, D) encoder output for cross-attention -> (B, T, D)."""
+        """x: (B, T, D) queries; memory: for cross-attention, the (B, S, D) encoder output, or its keys and values
+        projected once (`ProjectedMemory`, for decoding) -> (B, T, D)."""
         if self.cross:
             q = self.split_heads(self.q_proj(x))
-            k, v = (self.split_heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+            k, v = memory.keys_values[self] if isinstance(memory, ProjectedMemory) else self.memory_keys_values(memory)
         else:
             q, k, v = (self.split_heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
             if cache is not None:

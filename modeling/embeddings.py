@@ -58,11 +58,13 @@ class BertEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = Dropout(dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
+        """`offset`: the position of the first id (a decoder reading one new token after a cache of `offset`)."""
         T = input_ids.size(1)
-        if T > self.position.num_embeddings:
-            raise ValueError(f"sequence of {T} tokens is longer than max_positions {self.position.num_embeddings}")
-        positions = torch.arange(T, device=input_ids.device)
+        if offset + T > self.position.num_embeddings:
+            raise ValueError(f"sequence of {offset + T} tokens is longer than max_positions "
+                             f"{self.position.num_embeddings}")
+        positions = torch.arange(offset, offset + T, device=input_ids.device)
         x = self.token(input_ids) + self.position(positions)                       # (B, T, D)
         x = x + (self.segment(token_type_ids) if token_type_ids is not None else self.segment.weight[0])
         return self.dropout(self.norm(x))
