@@ -58,6 +58,8 @@ TASKS: dict[str, TaskSpec] = {
                     "token classification over BERT (CoNLL-2003 NER)"),
     "lm": TaskSpec("tasks.lm:LMTask", "data.text:TextDataModule", "configs/lm/default.yaml",
                    "GPT language-model pretraining and text generation"),
+    "qa": TaskSpec("tasks.qa:QATask", "data.squad:SquadDataModule", "configs/qa/default.yaml",
+                   "extractive question answering over BERT (SQuAD)"),
     "translate": TaskSpec("tasks.seq2seq:TranslationTask", "data.seq2seq:Seq2SeqDataModule", "configs/translate/default.yaml", "encoder-decoder Transformer translation (Multi30k), BLEU"),
     "summarize": TaskSpec("tasks.seq2seq:SummarizationTask", "data.seq2seq:Seq2SeqDataModule", "configs/summarize/default.yaml", "encoder-decoder summarization (AESLC), ROUGE"),
 }

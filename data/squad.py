@@ -23,19 +23,32 @@ Training uses the first gold answer, as the official scripts do.
 
 Post-processing: `best_answers` scores every window's n-best start and end tokens and keeps the best
 valid span of each question over all its windows, mapped back to the exact characters of the context.
+
+`SquadDataModule` serves all this to a task: questions from SQuAD files (or one file split by article),
+windows cut once the tokenizer is known and cached on disk, batches of windows, and `examples(split)`, the
+questions and windows that evaluation and predict map logits back to.
 """
 from __future__ import annotations
 
 import bisect
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
 
+from data.base import TaskDataModule
+from data.batching import pad_collate
+from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
+from data.tokenization import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 TRAIN_ARTICLES = range(0, 38)   # dev-v1.1.json articles used for training here (8,582 questions)
 EVAL_ARTICLES = range(38, 48)   # dev-v1.1.json articles used for evaluation here (1,988 questions)
@@ -383,3 +396,159 @@ def best_answers(questions: list[Question], windows: list[Window], start_logits,
         char_start, char_end = windows[w].offsets[a][0], windows[w].offsets[b][1]
         answers.append(Answer(question.id, question.context[char_start:char_end], char_start, char_end, s))
     return answers
+
+
+# --------------------------------------------------------------------------- data module
+
+
+def window_example(index: int, w: Window) -> dict:
+    """A window as the dict the padding collate takes; `index` (its position in the split) maps logits back."""
+    return {"input_ids": w.input_ids, "token_type_ids": w.token_type_ids, "start_positions": w.start_position,
+            "end_positions": w.end_position, "index": index}
+
+
+class SquadDataModule(TaskDataModule):
+    """SQuAD questions cut into windows of `[CLS] question [SEP] context part [SEP]`.
+
+    Questions come from SQuAD JSON files (`train_file`, `val_file`, `test_file`), or from one file split by
+    article (`split_file`): training from the articles [start, stop) of `train_articles`, evaluation (val, and test
+    unless `test_file` is given) from `eval_articles`; the two ranges may not overlap. `predict_file` is JSON lines
+    `{"question", "context"[, "id"]}`, or a SQuAD JSON file (`.json`) whose answers, if any, are ignored.
+
+    For evaluation and predict a task reads `examples(split)`: the questions and the windows cut from them (each
+    window's `question` indexes the questions); every batch carries its windows' `index` into that list.
+    """
+
+    def __init__(self, tokenizer: Optional[str] = None, train_file: Optional[str] = None,
+                 val_file: Optional[str] = None, test_file: Optional[str] = None, split_file: Optional[str] = None,
+                 train_articles: tuple[int, int] = (TRAIN_ARTICLES.start, TRAIN_ARTICLES.stop),
+                 eval_articles: tuple[int, int] = (EVAL_ARTICLES.start, EVAL_ARTICLES.stop),
+                 predict_file: Optional[str] = None, version_2: bool = False, max_length: int = 384,
+                 doc_stride: int = 128, max_query_length: int = 64, group_by_length: bool = True,
+                 cache_dir: Optional[str] = ".cache/tokenized", **kwargs):
+        """
+        Args:
+            tokenizer: model directory, tokenizer.json or vocab.txt (default: model.pretrained's, or the checkpoint's).
+            train_file, val_file, test_file: SQuAD JSON files.
+            split_file: one SQuAD JSON file that gives training and evaluation questions by article (instead of
+                train_file and val_file): only SQuAD v1.1 dev is available here.
+            train_articles, eval_articles: [start, stop) article indices of split_file for training and evaluation.
+            predict_file: questions to answer: JSON lines {"question", "context"[, "id"]} or a SQuAD .json file.
+            version_2: SQuAD 2.0 files (questions may be `is_impossible`: their windows point at [CLS]).
+            max_length: tokens per window, [CLS] and both [SEP] included.
+            doc_stride: context tokens shared by consecutive windows of one context.
+            max_query_length: questions longer than this many tokens are cut.
+            group_by_length: training batches of windows of similar length.
+            cache_dir: where windows are cached, keyed by questions, tokenizer and settings (None: no cache).
+        """
+        super().__init__(**kwargs)
+        try:
+            check_window_settings(max_length, doc_stride, max_query_length)
+        except ConfigError as e:
+            raise ConfigError(f"data.{e}") from None
+        if split_file and (train_file or val_file):
+            raise ConfigError("data.split_file gives both training and evaluation questions: leave data.train_file "
+                              "and data.val_file unset (null)")
+        for key, (start, stop) in (("train_articles", train_articles), ("eval_articles", eval_articles)):
+            if not 0 <= start < stop:
+                raise ConfigError(f"data.{key} [{start}, {stop}]: must be [start, stop) with 0 <= start < stop")
+        if train_file and train_file == val_file:
+            log.warning("data.train_file and data.val_file are the same file: every evaluation question is trained "
+                        "on (data.split_file splits one file by article)")
+        self.save_hyperparameters()
+        self.max_length, self.version_2 = max_length, version_2
+        self.questions: dict[str, list[Question]] = {}
+        self._windows: dict[str, list[Window]] = {}
+        self._by_article: Optional[tuple[list[Question], list[Question]]] = None
+
+    def adopt(self, blueprint) -> None:
+        super().adopt(blueprint)
+        self._windows.clear()                 # cut again with the checkpoint's tokenizer
+
+    # ---- reading ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Reads and checks this stage's files (windows are cut later, once the tokenizer is known)."""
+        if self.tokenizer is None and self.hparams.tokenizer:
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer)
+        for split in {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}[stage]:
+            if split not in self.questions:
+                self.questions[split] = self._read(split)
+
+    def _read(self, split: str) -> list[Question]:
+        h = self.hparams
+        if split == "predict":
+            if not h.predict_file:
+                raise DataError('qa predict: give data.predict_file (JSON lines {"question", "context"} or a SQuAD '
+                                '.json file)')
+            if Path(h.predict_file).suffix == ".json":
+                return read_squad(h.predict_file, h.version_2, require_answers=False)
+            return read_qa_jsonl(h.predict_file)
+        path = {"train": h.train_file, "val": h.val_file, "test": h.test_file}[split]
+        if path:
+            return read_squad(path, h.version_2)
+        if h.split_file:
+            train, evaluation = self._split()
+            return train if split == "train" else evaluation
+        raise DataError(f"qa: data.{split}_file (or data.split_file) is required for this stage")
+
+    def _split(self) -> tuple[list[Question], list[Question]]:
+        """(training, evaluation) questions of `split_file` by article, read once."""
+        h = self.hparams
+        if self._by_article is None:
+            try:
+                self._by_article = split_by_article(read_squad(h.split_file, h.version_2),
+                                                    range(*h.train_articles), range(*h.eval_articles))
+            except ConfigError as e:
+                raise ConfigError(f"data.split_file {h.split_file}: data.{e}") from None
+        return self._by_article
+
+    # ---- windows ----------------------------------------------------------------------------------------------
+    def examples(self, split: str) -> tuple[list[Question], list[Window]]:
+        """The questions of a split and their windows, in question order (cut once, and cached on disk)."""
+        if split not in self._windows:
+            if self.tokenizer is None:
+                raise DataError("qa: no tokenizer: give data.tokenizer (a model directory or vocab.txt), "
+                                "model.pretrained, or a checkpoint (--ckpt_path) that carries one")
+            if split not in self.questions:
+                self.questions[split] = self._read(split)
+            write = self.trainer is None or self.trainer.global_rank == 0     # DDP: rank 0 stores the cache
+            columns = cached_columns(self.hparams.cache_dir or None, self._cache_key(split),
+                                     lambda: self._cut(split), write)
+            self._windows[split] = columns_to_windows(columns)
+        return self.questions[split], self._windows[split]
+
+    def _window_settings(self) -> tuple[int, int, int]:
+        h = self.hparams
+        return h.max_length, h.doc_stride, h.max_query_length
+
+    def _cut(self, split: str) -> dict[str, list]:
+        """The split's windows as cache columns."""
+        return windows_to_columns(build_windows(self.tokenizer, self.questions[split], *self._window_settings()))
+
+    def _cache_key(self, split: str) -> str:
+        """Everything the windows depend on: tokenizer, window settings, and each question's text, context and
+        first answer (the one labels are made from)."""
+        content = [[q.question, q.context, q.answers[:1], q.answer_starts[:1], q.is_impossible]
+                   for q in self.questions[split]]
+        return content_key(self.tokenizer.to_str(), json.dumps(self._window_settings()), json.dumps(content))
+
+    # ---- loaders ----------------------------------------------------------------------------------------------
+    def _loader(self, split: str, **kwargs) -> DataLoader:
+        _, windows = self.examples(split)
+        pad = self.tokenizer.token_to_id("[PAD]") or 0
+        return self.loader([window_example(i, w) for i, w in enumerate(windows)],
+                           [len(w.input_ids) for w in windows], pad_collate({"input_ids": pad, "token_type_ids": 0}),
+                           **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True, group_by_length=self.hparams.group_by_length)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        # file order: the task writes each question's answer as soon as all its windows are predicted
+        return self._loader("predict", train=False, keep_order=True)
