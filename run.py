@@ -292,6 +292,9 @@ class TaskCLI(LightningCLI):
         lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
         rank_zero_info("\n".join(lines))
         self.write_summary("fit")
+        if self.trainer.is_global_zero:        # curves.png from the CSV log, and the same picture to wandb
+            from tasks.plots import write_curves
+            write_curves(self.run_dir, self.trainer.loggers)
 
     def after_validate(self) -> None:
         rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self.metrics(), sort_keys=True))

@@ -171,6 +171,13 @@ class Task(pl.LightningModule):
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        """A table of sample predictions (input, prediction, gold) to wandb when a wandb logger is attached (from
+        rank 0); nothing otherwise: the CSV log keeps numbers only."""
+        for logger in self.loggers:
+            if hasattr(logger, "log_table"):
+                logger.log_table(key=key, columns=columns, data=rows)
+
     def all_gather_uneven(self, x: torch.Tensor) -> torch.Tensor:
         """(N_rank, ...) from every process, concatenated in rank order -> (N_total, ...). Evaluation shards need not
         be the same size (data/batching.py), and all_gather needs equal shapes: pad, gather, trim."""

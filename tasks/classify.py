@@ -125,7 +125,7 @@ class ClassificationTask(Task):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch, stage: str) -> torch.Tensor:
         logits = self._logits(batch)
         labels = batch["labels"]
         metrics, loss = (self.val_metrics, self.val_loss) if stage == "val" else (self.test_metrics, self.test_loss)
@@ -133,9 +133,16 @@ class ClassificationTask(Task):
         metrics.update(logits.squeeze(-1).float() if self.regression else logits.argmax(-1), labels)
         self.log(f"{stage}/loss", loss, batch_size=len(labels))
         self.log_dict(metrics, prog_bar=True, batch_size=len(labels))
+        return logits
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
+        logits = self._eval_step(batch, "val")
+        if batch_idx == 0 and not self.trainer.sanity_checking:          # a few predictions, to wandb
+            texts = self.trainer.datamodule.tokenizer.decode_batch(batch["input_ids"][:8].tolist())
+            show = (lambda y: round(float(y), 4)) if self.regression else (lambda y: self.blueprint.labels[int(y)])
+            predicted = logits.squeeze(-1) if self.regression else logits.argmax(-1)
+            self.log_table("val/samples", ["text", "prediction", "gold"],
+                           [[t, show(p), show(g)] for t, p, g in zip(texts, predicted, batch["labels"])])
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")

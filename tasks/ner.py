@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from data.conll import CASING, IGNORE, entities_json, words_to_tags
+from data.conll import CASING, IGNORE, entities, entities_json, words_to_tags
 from data.errors import ConfigError
 from modeling import BERT, combine_layers
 from modeling.bert import LAYER_COMBINATIONS, combined_width
@@ -215,6 +215,12 @@ class NERTask(Task):
         for name, value in result.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == "f1", sync_dist=False)
         self.log(f"{prefix}/truncated_words", float(cut))
+        if prefix == "val":                                   # a few tagged sentences, to wandb
+            def spans(words, sentence_tags):
+                return ", ".join(f"{' '.join(words[a:b + 1])} ({kind})" for kind, a, b in entities(sentence_tags))
+            self.log_table("val/samples", ["text", "prediction", "gold"],
+                           [[" ".join(gold[i].words), spans(gold[i].words, tags[i]), spans(gold[i].words, gold[i].tags)]
+                            for i in mine[:5]])
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
