@@ -3,6 +3,12 @@
 A checkpoint directory holds `config.json` and `model.safetensors` (or `pytorch_model.bin`, read with
 `weights_only=True`). Names are mapped explicitly, one table per model; anything our model has that the file
 lacks is initialised and reported by name, anything the file has that we do not use is reported too.
+
+Exports `transformers` loads and computes the same function with:
+    save_bert         BertModel, BertForPreTraining (MLM + NSP heads), or with a task head BertForSequenceClassification,
+                      BertForTokenClassification, BertForQuestionAnswering
+    save_gpt2         GPT2LMHeadModel (a `bias=False` model gets zero biases: the same function)
+    save_transformer  MarianMTModel (the post-norm encoder-decoder; see `marian_order`)
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from torch import Tensor, nn
 
 from .bert import BERT, BertConfig
 from .gpt import GPT, GPTConfig
+from .transformer import Transformer, TransformerConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +66,10 @@ def read_weights(directory: Path) -> dict[str, Tensor]:
 
 def _load_mapped(model: nn.Module, ours: dict[str, Tensor], ignored: list[str], source: str) -> nn.Module:
     result = model.load_state_dict(ours, strict=False)
-    missing = [k for k in result.missing_keys]
+    # a tied weight has several names (BERT's MLM decoder is the word embedding): it is loaded if one of them is
+    tensors = model.state_dict(keep_vars=True)
+    loaded = {id(tensors[k]) for k in ours if k in tensors}
+    missing = [k for k in result.missing_keys if id(tensors[k]) not in loaded]
     if missing:
         log.warning("%s: not in the checkpoint, initialised from scratch: %s", source, ", ".join(missing))
     if ignored:
@@ -149,10 +159,12 @@ def bert_state_from_hf(hf_state: dict[str, Tensor], num_layers: int) -> tuple[di
     return ours, ignored
 
 
-def bert_state_to_hf(model: BERT) -> dict[str, Tensor]:
+def bert_state_to_hf(model: BERT, prefix: str | None = None) -> dict[str, Tensor]:
+    """Our BERT's weights under Hugging Face names; the encoder's under `prefix` (default: "bert." when the model has
+    pre-training heads, as BertForPreTraining, else none, as BertModel)."""
     ours = model.state_dict()
-    heads = model.mlm_head is not None
-    prefix = "bert." if heads else ""
+    if prefix is None:
+        prefix = "bert." if model.mlm_head is not None else ""
     hf = {}
     names = {b: a for a, b in _BERT_NAMES}
     for i in range(model.config.num_layers):
@@ -187,12 +199,41 @@ def load_bert(name_or_path: str | Path, pooler: bool = True, pretraining_heads: 
     return _load_mapped(model, ours, ignored, str(directory))
 
 
-def save_bert(model: BERT, directory: str | Path) -> Path:
+# transformers' BERT classes with a task head: the head's name in their state dict, and whether their encoder has
+# the pooler (the sequence classifier reads the tanh-pooled [CLS]; the token and span classifiers read every position).
+BERT_HEADS = {
+    "BertForSequenceClassification": ("classifier", True),
+    "BertForTokenClassification": ("classifier", False),
+    "BertForQuestionAnswering": ("qa_outputs", False),
+}
+
+
+def save_bert(model: BERT, directory: str | Path, head: nn.Linear | None = None, architecture: str | None = None,
+              labels: list[str] | None = None) -> Path:
+    """Write `model` as a Hugging Face directory: BertModel, or BertForPreTraining when it has the MLM and NSP heads,
+    or with a task `head` (a linear layer) the `architecture` of BERT_HEADS it forms, e.g. a span head
+    Linear(hidden, 2) -> BertForQuestionAnswering (start, end logits). `labels` name the outputs (id2label); a
+    sequence classifier with one output is a regression."""
     directory = Path(directory)
+    config = bert_config_to_hf(model.config, model.mlm_head is not None)
+    state = bert_state_to_hf(model)
+    if head is not None:
+        if architecture not in BERT_HEADS:
+            raise ValueError(f"unknown BERT head class {architecture!r}: expected one of {sorted(BERT_HEADS)}")
+        name, pooled = BERT_HEADS[architecture]
+        if pooled and model.pooler is None:
+            raise ValueError(f"{architecture} reads the pooled [CLS], and this model has no pooler")
+        state = {k: v for k, v in bert_state_to_hf(model, prefix="bert.").items()
+                 if pooled or not k.startswith("bert.pooler.")}
+        state.update({f"{name}.weight": head.weight.detach().contiguous(), f"{name}.bias": head.bias.detach().contiguous()})
+        names = labels or [f"LABEL_{i}" for i in range(head.out_features)]
+        config.update(architectures=[architecture], num_labels=head.out_features,
+                      id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        if architecture == "BertForSequenceClassification" and head.out_features == 1:
+            config["problem_type"] = "regression"
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(
-        json.dumps(bert_config_to_hf(model.config, model.mlm_head is not None), indent=2))
-    save_file(bert_state_to_hf(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
 
 
@@ -256,12 +297,130 @@ def load_gpt2(name_or_path: str | Path) -> GPT:
 
 
 def save_gpt2(model: GPT, directory: str | Path) -> Path:
+    """Write `model` as a GPT2LMHeadModel directory. GPT-2 always has biases: a `bias=False` model gets zero ones,
+    which compute the same function; an untied LM head is written with tie_word_embeddings False."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(gpt_config_to_hf(model.config), indent=2))
     ours = model.state_dict()
-    hf = {("" if hf_name.startswith("lm_head.") else "transformer.") + hf_name:
-          (ours[our_name].t() if conv else ours[our_name]).contiguous()
-          for hf_name, our_name, conv in _gpt_names(model.config.num_layers, model.config.tie_embeddings)}
+    hf = {}
+    for hf_name, our_name, conv in _gpt_names(model.config.num_layers, model.config.tie_embeddings):
+        tensor = ours.get(our_name)
+        if tensor is None:                                       # bias=False: the zero bias of this layer
+            weight = ours[our_name.removesuffix(".bias") + ".weight"]
+            tensor = weight.new_zeros(weight.size(0))
+        hf[("" if hf_name.startswith("lm_head.") else "transformer.") + hf_name] = \
+            (tensor.t() if conv else tensor).contiguous()
     save_file(hf, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------------- Marian
+
+def marian_order(d_model: int) -> Tensor:
+    """Marian's coordinate m holds our coordinate marian_order[m].
+
+    Marian's sinusoidal table puts all the sines first and all the cosines after them (sin(pos·ω_k) at k, cos(pos·ω_k)
+    at d/2 + k); ours interleaves them as the paper writes PE(pos, 2k) and PE(pos, 2k+1), with the same frequencies
+    ω_k. The two tables differ by this permutation of the model dimensions, and a Transformer computes the same
+    function when every matrix reading or writing the residual stream is permuted with it (LayerNorm's mean and
+    variance do not depend on the order): that is how our weights become Marian's, exactly."""
+    return torch.cat([torch.arange(0, d_model, 2), torch.arange(1, d_model, 2)])
+
+
+def transformer_config_to_marian(c: TransformerConfig, decoder_start_token_id: int, eos_token_id: int) -> dict:
+    return {"architectures": ["MarianMTModel"], "model_type": "marian", "is_encoder_decoder": True,
+            "vocab_size": c.src_vocab_size, "decoder_vocab_size": c.tgt_vocab_size,
+            "share_encoder_decoder_embeddings": c.share_embeddings, "tie_word_embeddings": True,
+            "d_model": c.hidden_size, "encoder_layers": c.num_encoder_layers, "decoder_layers": c.num_decoder_layers,
+            "encoder_attention_heads": c.num_heads, "decoder_attention_heads": c.num_heads,
+            "encoder_ffn_dim": c.ffn_size, "decoder_ffn_dim": c.ffn_size,
+            "activation_function": _OUR_ACTIVATIONS[c.activation], "dropout": c.dropout,
+            "attention_dropout": c.attention_dropout, "activation_dropout": 0.0,
+            "max_position_embeddings": c.max_positions, "scale_embedding": True, "init_std": 0.02,
+            "pad_token_id": c.pad_token_id, "eos_token_id": eos_token_id, "forced_eos_token_id": eos_token_id,
+            "decoder_start_token_id": decoder_start_token_id}
+
+
+def transformer_state_to_marian(model: Transformer) -> dict[str, Tensor]:
+    """Our encoder-decoder's weights under MarianMTModel's names, in Marian's order of the model dimensions."""
+    ours, c = model.state_dict(), model.config
+    order = marian_order(c.hidden_size)
+
+    def reads(w: Tensor) -> Tensor:          # a matrix applied to the residual stream: permute its columns
+        return w[:, order].contiguous()
+
+    def writes(t: Tensor) -> Tensor:         # a matrix or bias adding to it, a LayerNorm parameter: permute entries
+        return t[order].contiguous()
+
+    def bias(name: str, size: int) -> Tensor:   # bias=False: zeros, the same function
+        return ours[name] if name in ours else order.new_zeros(size, dtype=ours["tgt_embed.token.weight"].dtype)
+
+    hf: dict[str, Tensor] = {}
+
+    def attention(ours_prefix: str, hf_prefix: str, cross: bool) -> None:
+        D = c.hidden_size
+        if cross:
+            parts = {"q": ours[f"{ours_prefix}.q_proj.weight"]}
+            parts.update(zip("kv", ours[f"{ours_prefix}.kv_proj.weight"].chunk(2)))
+            biases = {"q": bias(f"{ours_prefix}.q_proj.bias", D)}
+            biases.update(zip("kv", bias(f"{ours_prefix}.kv_proj.bias", 2 * D).chunk(2)))
+        else:
+            parts = dict(zip("qkv", ours[f"{ours_prefix}.qkv_proj.weight"].chunk(3)))
+            biases = dict(zip("qkv", bias(f"{ours_prefix}.qkv_proj.bias", 3 * D).chunk(3)))
+        for n in "qkv":
+            hf[f"{hf_prefix}.{n}_proj.weight"] = reads(parts[n])
+            hf[f"{hf_prefix}.{n}_proj.bias"] = biases[n].contiguous()
+        hf[f"{hf_prefix}.out_proj.weight"] = writes(ours[f"{ours_prefix}.out_proj.weight"])
+        hf[f"{hf_prefix}.out_proj.bias"] = writes(bias(f"{ours_prefix}.out_proj.bias", D))
+
+    def norm(ours_prefix: str, hf_prefix: str) -> None:
+        hf[f"{hf_prefix}.weight"] = writes(ours[f"{ours_prefix}.weight"])
+        hf[f"{hf_prefix}.bias"] = writes(bias(f"{ours_prefix}.bias", c.hidden_size))
+
+    def ffn(ours_prefix: str, hf_prefix: str) -> None:
+        hf[f"{hf_prefix}.fc1.weight"] = reads(ours[f"{ours_prefix}.up.weight"])
+        hf[f"{hf_prefix}.fc1.bias"] = bias(f"{ours_prefix}.up.bias", c.ffn_size).contiguous()
+        hf[f"{hf_prefix}.fc2.weight"] = writes(ours[f"{ours_prefix}.down.weight"])
+        hf[f"{hf_prefix}.fc2.bias"] = writes(bias(f"{ours_prefix}.down.bias", c.hidden_size))
+
+    if c.share_embeddings:
+        hf["model.shared.weight"] = reads(ours["tgt_embed.token.weight"])
+    else:
+        hf["model.encoder.embed_tokens.weight"] = reads(ours["src_embed.token.weight"])
+        hf["model.decoder.embed_tokens.weight"] = reads(ours["tgt_embed.token.weight"])
+    for i in range(c.num_encoder_layers):
+        attention(f"encoder.{i}.self_attn", f"model.encoder.layers.{i}.self_attn", cross=False)
+        norm(f"encoder.{i}.attn_residual.norm", f"model.encoder.layers.{i}.self_attn_layer_norm")
+        ffn(f"encoder.{i}.ffn", f"model.encoder.layers.{i}")
+        norm(f"encoder.{i}.ffn_residual.norm", f"model.encoder.layers.{i}.final_layer_norm")
+    for i in range(c.num_decoder_layers):
+        attention(f"decoder.{i}.self_attn", f"model.decoder.layers.{i}.self_attn", cross=False)
+        norm(f"decoder.{i}.self_residual.norm", f"model.decoder.layers.{i}.self_attn_layer_norm")
+        attention(f"decoder.{i}.cross_attn", f"model.decoder.layers.{i}.encoder_attn", cross=True)
+        norm(f"decoder.{i}.cross_residual.norm", f"model.decoder.layers.{i}.encoder_attn_layer_norm")
+        ffn(f"decoder.{i}.ffn", f"model.decoder.layers.{i}")
+        norm(f"decoder.{i}.ffn_residual.norm", f"model.decoder.layers.{i}.final_layer_norm")
+    return hf
+
+
+def save_transformer(model: Transformer, directory: str | Path, decoder_start_token_id: int,
+                     eos_token_id: int) -> Path:
+    """Write our encoder-decoder as a MarianMTModel directory (same logits). Marian is the post-norm Transformer
+    with √d-scaled embeddings and sinusoidal positions; what it cannot express is refused: pre-norm layers (no
+    transformers class has them with these positions and no embedding LayerNorm), BERT-style embeddings (a
+    warm-started model: learned positions and a LayerNorm) and a LayerNorm epsilon other than its fixed 1e-5. The
+    decoder starts from `decoder_start_token_id` (our <s>)."""
+    c = model.config
+    if c.norm_first:
+        raise ValueError("a pre-norm Transformer (norm_first) has no transformers class: MarianMTModel is post-norm")
+    if c.embeddings != "sinusoidal":
+        raise ValueError(f"{c.embeddings!r} embeddings (learned positions + LayerNorm): MarianMTModel adds sinusoids")
+    if c.layer_norm_eps != 1e-5:
+        raise ValueError(f"layer_norm_eps {c.layer_norm_eps}: MarianMTModel's LayerNorms use 1e-5")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = transformer_config_to_marian(c, decoder_start_token_id, eos_token_id)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(transformer_state_to_marian(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
