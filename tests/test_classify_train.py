@@ -88,7 +88,8 @@ def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path):
     assert summary(full)["global_step"] == 18
 
 
-def test_predict_writes_one_json_line_per_input(tmp_path):
+def test_predict_writes_one_json_line_per_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLP_ALLOW_EMULATED_BF16", "1")          # the bf16 path, also on CPUs that emulate bf16
     fit_dir = tmp_path / "fit"  # trained with bf16 autocast, gradient clipping and fused AdamW, as the SST-2 config
     assert run.main(tiny_args(fit_dir, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed",
                               "--trainer.gradient_clip_val", "1.0")) == 0

@@ -200,7 +200,8 @@ def test_lm_configs_parse(config, capsys):
         assert (t["max_steps"], t["val_check_interval"], t["gradient_clip_val"]) == (2000, 250, 1.0)
 
 
-def test_lm_fit_under_bf16_autocast_with_clipping(tmp_path):
+def test_lm_fit_under_bf16_autocast_with_clipping(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLP_ALLOW_EMULATED_BF16", "1")          # the bf16 path, also on CPUs that emulate bf16
     rc = run.main(["lm", "fit", "--run_dir", str(tmp_path / "bf16"), "--wandb", "false",
                    "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "4",
                    "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false",

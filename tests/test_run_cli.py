@@ -118,3 +118,15 @@ def test_a_user_error_removes_the_run_directory_it_created_but_not_an_existing_o
     assert run.main(["classify", "fit", "--data.train_file", str(bad), "--data.labels", '["0", "1"]', "--wandb",
                      "false", "--run_dir", str(old_dir)]) == 2
     assert (old_dir / "notes.txt").read_text() == "mine"
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        pytest.skip("this CPU has bf16 arithmetic: bf16-mixed is allowed here")
+    monkeypatch.delenv("NLP_ALLOW_EMULATED_BF16", raising=False)
+    assert run.main(["classify", "fit", "--trainer.precision", "bf16-mixed", "--wandb", "false",
+                     "--run_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no bfloat16 arithmetic" in err[0] and "--trainer.precision 32-true" in err[0]
+    assert not (tmp_path / "run").exists()
