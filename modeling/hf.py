@@ -5,8 +5,8 @@ A checkpoint directory holds `config.json` and `model.safetensors` (or `pytorch_
 lacks is initialised and reported by name, anything the file has that we do not use is reported too.
 
 Exports `transformers` loads and computes the same function with:
-    save_bert         BertModel, BertForPreTraining (MLM + NSP heads), or with a task head BertForSequenceClassification,
-                      BertForTokenClassification, BertForQuestionAnswering
+    save_bert         BertModel, BertForPreTraining (MLM + NSP heads), or with a task head
+                      BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering
     save_gpt2         GPT2LMHeadModel (a `bias=False` model gets zero biases: the same function)
     save_transformer  MarianMTModel (the post-norm encoder-decoder; see `marian_order`)
 """
@@ -225,7 +225,7 @@ def save_bert(model: BERT, directory: str | Path, head: nn.Linear | None = None,
             raise ValueError(f"{architecture} reads the pooled [CLS], and this model has no pooler")
         state = {k: v for k, v in bert_state_to_hf(model, prefix="bert.").items()
                  if pooled or not k.startswith("bert.pooler.")}
-        state.update({f"{name}.weight": head.weight.detach().contiguous(), f"{name}.bias": head.bias.detach().contiguous()})
+        state.update({f"{name}.{p}": t.detach().contiguous() for p, t in (("weight", head.weight), ("bias", head.bias))})
         names = labels or [f"LABEL_{i}" for i in range(head.out_features)]
         config.update(architectures=[architecture], num_labels=head.out_features,
                       id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
@@ -320,8 +320,8 @@ def save_gpt2(model: GPT, directory: str | Path) -> Path:
 def marian_order(d_model: int) -> Tensor:
     """Marian's coordinate m holds our coordinate marian_order[m].
 
-    Marian's sinusoidal table puts all the sines first and all the cosines after them (sin(pos·ω_k) at k, cos(pos·ω_k)
-    at d/2 + k); ours interleaves them as the paper writes PE(pos, 2k) and PE(pos, 2k+1), with the same frequencies
+    Marian's sinusoidal table puts all the sines first and all the cosines after them (sin(pos·ω_k) at k,
+    cos(pos·ω_k) at d/2 + k); ours interleaves them as the paper writes PE(pos, 2k) and PE(pos, 2k+1), with the same frequencies
     ω_k. The two tables differ by this permutation of the model dimensions, and a Transformer computes the same
     function when every matrix reading or writing the residual stream is permuted with it (LayerNorm's mean and
     variance do not depend on the order): that is how our weights become Marian's, exactly."""

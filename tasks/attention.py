@@ -64,7 +64,7 @@ def attention_layers(model: nn.Module) -> dict[str, list[MultiHeadAttention]]:
 
 @torch.no_grad()
 def record_attention(model: nn.Module, *inputs: Tensor) -> dict[str, Tensor]:
-    """Run `model(*inputs)` in eval mode with every attention module keeping its weights -> {kind: (B, layers, H, T, S)}."""
+    """Run `model(*inputs)` in eval mode, every attention module keeping its weights -> {kind: (B, layers, H, T, S)}."""
     layers = attention_layers(model)
     modules = [m for group in layers.values() for m in group]
     was_training = model.training

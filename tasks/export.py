@@ -195,9 +195,9 @@ def hf_tokenizer(bp: Blueprint, max_length: int) -> tuple[Tokenizer, dict]:
         return tokenizer, {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
                            "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": max_length}
     normalizer = json.loads(bp.tokenizer).get("normalizer") or {}
-    return tokenizer, {"tokenizer_class": "BertTokenizer", "do_lower_case": normalizer.get("lowercase", False), "unk_token": "[UNK]",
-                       "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
-                       "model_max_length": max_length}
+    return tokenizer, {"tokenizer_class": "BertTokenizer", "do_lower_case": normalizer.get("lowercase", False),
+                       "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                       "mask_token": "[MASK]", "model_max_length": max_length}
 
 
 def save_tokenizer(bp: Blueprint, out: Path) -> list[str]:

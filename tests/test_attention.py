@@ -1,7 +1,7 @@
-"""`run.py <task> attention`: the saved weights are the network's own attention probabilities (equal to softmax(QKᵀ/√d)
-recomputed from the Q and K of the forward pass, and to transformers' own on MiniLM; rows sum to 1, padded and future
-positions are 0) for BERT, GPT and the encoder-decoder; the pictures have one panel per head; each task's checkpoint
-is read as its data reads text; bad input is one line."""
+"""`run.py <task> attention`: the saved weights are the network's own attention probabilities (equal to
+softmax(QKᵀ/√d) recomputed from the Q and K of the forward pass, and to transformers' own on MiniLM; rows sum to 1,
+padded and future positions are 0) for BERT, GPT and the encoder-decoder; the pictures have one panel per head; each
+task's checkpoint is read as its data reads text; bad input is one line."""
 from __future__ import annotations
 
 import json
@@ -152,7 +152,7 @@ def test_minilm_sentence_writes_transformers_own_attentions(shared_data, tmp_pat
         theirs = torch.stack(hf(**batch, output_attentions=True).attentions)[:, 0]         # (L, H, T, S)
     np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)
     it, animal = tokens["queries"].index("it"), tokens["keys"].index("animal")
-    assert ours[3, 1, it, animal] > 0.5                   # the head that resolves "it" (docs/attention_minilm_layer3.png)
+    assert ours[3, 1, it, animal] > 0.5           # the head that resolves "it" (docs/attention_minilm_layer3.png)
 
 
 @pytest.fixture(scope="module")
