@@ -11,8 +11,10 @@ Pipeline, each step a plain function the task's DataModule calls:
    (`data.tokenization.load_wordpiece`); then `tokenize_documents`.
 5. `create_examples`: BERT's create_pretraining_data, re-drawn every epoch (`epoch` changes packing and pairing;
    the examples are static within an epoch).
-6. `PretrainingCollator`: pads a batch and masks it with `mask_tokens`, afresh every time it is called (dynamic
-   masking, as RoBERTa), so every epoch sees new masks.
+6. Masking with `mask_tokens` (`Masker`), dynamic as RoBERTa's, so every epoch sees new masks: per example from
+   its own seed (`MaskedExamples`, what `PretrainDataModule` uses: exact across resumes, workers and processes), or
+   per batch from a generator that moves on (`PretrainingCollator`).
+7. `PretrainDataModule` ties these together for `run.py pretrain` (tasks/pretrain.py).
 
 Rules for degenerate input (never a silent skew of the 50/50 split): every example's IsNext/NotNext label is a
 fresh fair coin that does not decide whether the example exists, so IsNext is 50 % in expectation.
@@ -25,27 +27,37 @@ fresh fair coin that does not decide whether the example exists, so IsNext is 50
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import hashlib
+import json
+import os
 import random
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence, TypedDict
+from typing import Iterator, NamedTuple, Optional, Sequence, TypedDict, Union
 
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 from tokenizers.processors import BertProcessing
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
+from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.errors import ConfigError, DataError
-from data.readers import read_table
-from data.text import read_documents
+from data.readers import read_table, read_text
+from data.text import default_cache_dir, file_digest, read_documents
+from data.tokenization import load_tokenizer
 
 FORMATS = ("auto", "text", "wikitext", "jsonl")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")   # ids 0..4 in a vocabulary trained here
 IGNORE_INDEX = -100
 IS_NEXT, NOT_NEXT = 0, 1                                            # as BertForPreTraining's next_sentence_label
+WORDPIECE_CACHE_VERSION = "1"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -303,7 +315,7 @@ def create_examples(documents: Sequence[TokenizedDocument], special: SpecialIds,
     if not 0.0 <= short_seq_prob <= 1.0:
         raise ConfigError(f"data.short_seq_prob {short_seq_prob}: must be in [0, 1]")
     partners = [i for i, doc in enumerate(documents) if doc.sentences]     # sorted: bisect finds A's place
-    _check_pairs_possible(documents, partners)
+    check_pairs_possible([len(doc.sentences) for doc in documents], [doc.source for doc in documents])
     rng = random.Random(seed * 1_000_003 + epoch)
     examples: list[Example] = []
     for a in partners:
@@ -314,14 +326,18 @@ def create_examples(documents: Sequence[TokenizedDocument], special: SpecialIds,
     return examples, stats
 
 
-def _check_pairs_possible(documents: Sequence[TokenizedDocument], partners: list[int]) -> None:
+def check_pairs_possible(sentence_counts: Sequence[int], sources: Sequence[str], part: str = "corpus") -> None:
+    """The rules of the module docstring for documents of `sentence_counts` sentences (first sentence at
+    `sources`): a DataError unless two documents have text and one of them has two sentences. `part` names the
+    documents in the message (the corpus, or its held-out set)."""
+    partners = [i for i, n in enumerate(sentence_counts) if n]
     if not partners:
-        raise DataError("pretraining corpus: no documents with text")
+        raise DataError(f"pretraining {part}: no documents with text")
     if len(partners) == 1:
-        raise DataError(f"{documents[partners[0]].source}: the only document in the corpus; next-sentence "
+        raise DataError(f"{sources[partners[0]]}: the only document in the {part}; next-sentence "
                         f"prediction needs at least two (NotNext draws B from another document)")
-    if all(len(documents[i].sentences) < 2 for i in partners):
-        raise DataError(f"pretraining corpus ({documents[partners[0]].source}, ...): no document has two "
+    if all(sentence_counts[i] < 2 for i in partners):
+        raise DataError(f"pretraining {part} ({sources[partners[0]]}, ...): no document has two "
                         f"sentences, so no IsNext pair exists")
 
 
@@ -456,16 +472,12 @@ def continuation_pieces(tokenizer: Tokenizer) -> Tensor:
     return table
 
 
-class PretrainingCollator:
-    """Examples -> a padded batch with a fresh mask: input_ids (masked), token_type_ids, attention_mask,
-    mlm_labels (B, T) and nsp_labels (B,).
+class Masker:
+    """`mask_tokens` with one tokenizer's special tokens and settings: (input_ids (B, T), generator) ->
+    (masked_input_ids, mlm_labels). Padding is special, so a padded batch and its rows masked one by one choose
+    from the same positions."""
 
-    The mask comes from this collator's own `torch.Generator`, which moves on with every call, so every batch of
-    every epoch gets a new mask. In a DataLoader worker the generator is re-seeded from the worker's seed (which
-    PyTorch draws anew per worker and per epoch), so workers never repeat each other's masks.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, mlm_probability: float = 0.15, whole_word: bool = False, seed: int = 0):
+    def __init__(self, tokenizer: Tokenizer, mlm_probability: float = 0.15, whole_word: bool = False):
         if not 0.0 < mlm_probability < 1.0:
             raise ConfigError(f"data.mlm_probability {mlm_probability}: must be in (0, 1)")
         self.special = special_ids(tokenizer)
@@ -473,6 +485,28 @@ class PretrainingCollator:
         self.vocab_size = tokenizer.get_vocab_size()
         self.mlm_probability = mlm_probability
         self.continuation = continuation_pieces(tokenizer) if whole_word else None
+
+    def __call__(self, input_ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        word_starts = ~self.continuation[input_ids] if self.continuation is not None else None
+        return mask_tokens(input_ids, torch.isin(input_ids, self.special_tensor), self.vocab_size,
+                           self.special.mask, generator, self.mlm_probability,
+                           whole_word=word_starts is not None, word_starts=word_starts,
+                           special_ids=self.special.all())
+
+
+class PretrainingCollator:
+    """Examples -> a padded batch with a fresh mask: input_ids (masked), token_type_ids, attention_mask,
+    mlm_labels (B, T) and nsp_labels (B,).
+
+    The mask comes from this collator's own `torch.Generator`, which moves on with every call, so every batch of
+    every epoch gets a new mask. In a DataLoader worker the generator is re-seeded from the worker's seed (which
+    PyTorch draws anew per worker and per epoch), so workers never repeat each other's masks. (The task's data
+    module masks each example from its own seed instead: `MaskedExamples`.)
+    """
+
+    def __init__(self, tokenizer: Tokenizer, mlm_probability: float = 0.15, whole_word: bool = False, seed: int = 0):
+        self.masker = Masker(tokenizer, mlm_probability, whole_word)
+        self.special, self.special_tensor = self.masker.special, self.masker.special_tensor
         self.pad = pad_collate({"input_ids": self.special.pad, "token_type_ids": 0})
         self.generator = torch.Generator().manual_seed(seed)
         self._worker_seed: int | None = None
@@ -483,12 +517,274 @@ class PretrainingCollator:
             self._worker_seed = worker.seed
             self.generator.manual_seed(worker.seed)
         batch = self.pad(examples)
-        input_ids = batch["input_ids"]                                               # (B, T)
-        word_starts = ~self.continuation[input_ids] if self.continuation is not None else None
-        masked, labels = mask_tokens(input_ids, torch.isin(input_ids, self.special_tensor), self.vocab_size,
-                                     self.special.mask, self.generator, self.mlm_probability,
-                                     whole_word=word_starts is not None, word_starts=word_starts,
-                                     special_ids=self.special.all())
+        masked, labels = self.masker(batch["input_ids"], self.generator)             # (B, T) each
         return {"input_ids": masked, "token_type_ids": batch["token_type_ids"],
                 "attention_mask": batch["attention_mask"], "mlm_labels": labels,
                 "nsp_labels": batch["nsp_label"]}
+
+
+def example_seed(seed: int, split: str, epoch: int, index: int) -> int:
+    """A 64-bit seed for the mask of example `index` of `split` in `epoch` (a hash, so nearby inputs do not give
+    related streams)."""
+    digest = hashlib.blake2b(f"{seed}/{split}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class MaskedExamples(Dataset):
+    """One epoch's examples of a split, each masked when it is fetched, with a generator seeded by
+    `example_seed(seed, split, epoch, index)`: an example gets a new mask every epoch (dynamic masking), and the
+    same mask whatever the batch it lands in, the process or worker that loads it, or a resumed run. So a run
+    stopped mid-epoch resumes with exactly the masks it would have drawn, and DDP evaluation masks as one
+    process does."""
+
+    def __init__(self, examples: Sequence[Example], masker: Masker, seed: int, split: str, epoch: int = 0):
+        self.examples, self.masker = examples, masker
+        self.seed, self.split, self.epoch = seed, split, epoch
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        example = self.examples[i]
+        generator = torch.Generator().manual_seed(example_seed(self.seed, self.split, self.epoch, i))
+        masked, labels = self.masker(torch.tensor([example["input_ids"]]), generator)     # (1, T) each
+        return {"input_ids": masked[0], "token_type_ids": example["token_type_ids"], "mlm_labels": labels[0],
+                "nsp_labels": example["nsp_label"]}
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e["input_ids"]) for e in self.examples]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data module
+# ---------------------------------------------------------------------------------------------------------
+def corpus_files(files: Sequence[str | dict], key: str = "data.files") -> list[CorpusFile]:
+    """`CorpusFile`s from config entries: a path, or {path, format, text_key}."""
+    known = {f.name for f in dataclasses.fields(CorpusFile)}
+    out = []
+    for i, entry in enumerate(files):
+        if isinstance(entry, dict):
+            unknown = sorted(set(entry) - known)
+            if unknown or "path" not in entry:
+                raise ConfigError(f"{key}[{i}]: " + (f"unknown key {unknown[0]!r}" if unknown else "no 'path'")
+                                  + f" (keys: {', '.join(sorted(known))})")
+            out.append(CorpusFile(**{k: str(v) for k, v in entry.items()}))
+        else:
+            out.append(CorpusFile(str(entry)))
+    return out
+
+
+class PretrainDataModule(TaskDataModule):
+    """BERT pre-training data: a corpus of documents -> held-out documents for validation -> WordPiece (trained
+    here from scratch, or the checkpoint's) -> sentence pairs re-drawn every epoch -> examples masked per epoch.
+
+    Examples of epoch e are `create_examples(..., seed, epoch=e)` and example i's mask is drawn from
+    `example_seed(seed, "train", e, i)` (`MaskedExamples`): both depend on nothing but (seed, epoch), so the
+    base's resumable sampler continues a stopped epoch exactly. Lightning builds the training loader once per
+    epoch for that (`trainer.reload_dataloaders_every_n_epochs` is set to 1 when left at 0). Validation pairs
+    and masks are fixed (epoch 0 of the held-out documents), so successive validations are comparable.
+
+    The vocabulary trained from scratch is cached in `cache_dir`, keyed by the corpus files' content and the
+    settings that shape it, so a second run reads it instead of training it again (`tokenizers` breaks ties
+    between equally frequent merges by hash-map order, so retraining could differ in a few pieces).
+
+    Predict: `predict_file` holds one text per line with `[MASK]` tokens to fill (an empty line gives an empty
+    result); a tab splits a line into segments A and B, whose next-sentence probability is then predicted too.
+    """
+
+    def __init__(self, files: Optional[list[Union[str, dict]]] = None, heldout: Union[int, float] = 0.05,
+                 test_files: Optional[list[Union[str, dict]]] = None, predict_file: Optional[str] = None,
+                 tokenizer: Optional[str] = None, vocab_size: int = 8192, lowercase: bool = True,
+                 max_length: int = 128, short_seq_prob: float = 0.1, mlm_probability: float = 0.15,
+                 whole_word: bool = False, top_k: int = 5, cache_dir: Optional[str] = None, **kwargs):
+        """
+        Args:
+            files: the corpus: paths, or {path, format (auto, text, wikitext, jsonl), text_key (jsonl)} entries.
+            heldout: whole documents of the corpus kept out of training for validation: a fraction in (0, 1) or a
+                count. They are drawn with a fixed seed, so the held-out set depends only on the corpus.
+            test_files: corpus files scored by `pretrain test` (e.g. WikiText-2 test), in the same format as files.
+            predict_file: text lines with [MASK] tokens for `pretrain predict` (see the class docstring).
+            tokenizer: a WordPiece model directory, tokenizer.json or vocab.txt. Default: the vocabulary of
+                model.pretrained (or of the checkpoint restored); from scratch, one of `vocab_size` pieces trained
+                on the training documents.
+            vocab_size, lowercase: the WordPiece vocabulary trained from scratch.
+            max_length: tokens per example, [CLS] and two [SEP] included.
+            short_seq_prob: probability of a shorter target length for an example (BERT's 0.1).
+            mlm_probability: share of the tokens chosen for prediction (BERT's 0.15).
+            whole_word: choose whole words: all pieces of a word or none.
+            top_k: fillers per [MASK] that `pretrain predict` writes.
+            cache_dir: where the trained vocabulary is cached (default: the token cache, $NLP_CACHE_DIR).
+        """
+        super().__init__(**kwargs)
+        checks = [("max_length", max_length, max_length >= 5, "must be >= 5 ([CLS] A [SEP] B [SEP])"),
+                  ("short_seq_prob", short_seq_prob, 0.0 <= short_seq_prob <= 1.0, "must be in [0, 1]"),
+                  ("mlm_probability", mlm_probability, 0.0 < mlm_probability < 1.0, "must be in (0, 1)"),
+                  ("vocab_size", vocab_size, vocab_size > len(SPECIAL_TOKENS),
+                   f"must be > {len(SPECIAL_TOKENS)} (the special tokens)"),
+                  ("top_k", top_k, top_k >= 1, "must be at least 1")]
+        for key, value, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"data.{key} {value}: {rule}")
+        self.save_hyperparameters()
+        self.files = corpus_files(files or [])
+        self.test_files = corpus_files(test_files or [], "data.test_files")
+        self.max_length, self.top_k = max_length, top_k
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.documents: dict[str, list[Document]] = {}
+        self._tokenized: dict[str, list[TokenizedDocument]] = {}
+        self._masker: Optional[Masker] = None
+        self._val: Optional[MaskedExamples] = None
+        self._predict_lines: Optional[list[str]] = None
+
+    # ---- documents ----------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Reads this stage's files; a corpus that cannot give sentence pairs stops here, before any training."""
+        if self.tokenizer is None and self.hparams.tokenizer:
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer)
+        if stage in ("fit", "validate"):
+            self._split_corpus()
+        if stage == "fit":
+            self._reload_every_epoch()
+        if stage == "test" and "test" not in self.documents:
+            if not self.test_files:
+                raise DataError("pretrain test: give data.test_files (corpus files to score)")
+            self.documents["test"] = read_corpus(self.test_files)
+        if stage == "predict" and self._predict_lines is None:
+            if not self.hparams.predict_file:
+                raise DataError("pretrain predict: give data.predict_file (text lines with [MASK] tokens)")
+            self._predict_lines = read_text(self.hparams.predict_file).splitlines()
+
+    def _split_corpus(self) -> None:
+        if "train" in self.documents:
+            return
+        corpus = read_corpus(self.files)
+        check_pairs_possible([len(doc) for doc in corpus], [doc[0].where() if doc else "?" for doc in corpus])
+        self.documents["train"], self.documents["val"] = split_heldout(corpus, self.hparams.heldout, seed=0)
+
+    def _reload_every_epoch(self) -> None:
+        """New sentence pairs every epoch need a new training loader every epoch."""
+        trainer = self.trainer
+        if trainer is None:
+            return
+        if trainer.reload_dataloaders_every_n_epochs not in (0, 1):
+            raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs {trainer.reload_dataloaders_every_n_epochs}: "
+                              f"pretrain draws new sentence pairs every epoch, so it must be 1")
+        trainer.reload_dataloaders_every_n_epochs = 1
+
+    # ---- the vocabulary -----------------------------------------------------------------------------------
+    def default_tokenizer(self, stored: Optional[str], pretrained: Optional[str]) -> None:
+        """The base's choice (configured, stored in our checkpoint, or model.pretrained's); from scratch, a
+        WordPiece vocabulary trained on the training documents, cached. Under DDP process 0 trains (or reads)
+        it and sends it to the others, so every process reads text the same way."""
+        super().default_tokenizer(stored, pretrained)
+        if self.tokenizer is not None:
+            return
+        text = self._cached_wordpiece() if self._is_global_zero() else None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            text = self.trainer.strategy.broadcast(text, src=0)
+        self.tokenizer = self.parse_tokenizer(text)
+
+    def _is_global_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def _cached_wordpiece(self) -> str:
+        hp = self.hparams
+        h = hashlib.sha256(json.dumps([WORDPIECE_CACHE_VERSION, hp.heldout, hp.vocab_size, hp.lowercase]).encode())
+        for spec in self.files:
+            h.update(json.dumps([file_digest(spec.path), spec.format, spec.text_key]).encode())
+        path = self.cache_dir / f"wordpiece-{h.hexdigest()[:24]}.json"
+        if path.exists():
+            rank_zero_info(f"pretrain: WordPiece vocabulary read from the cache: {path}")
+            return path.read_text(encoding="utf-8")
+        self._split_corpus()
+        start = time.perf_counter()
+        text = train_wordpiece(self.documents["train"], hp.vocab_size, hp.lowercase).to_str()
+        rank_zero_info(f"pretrain: WordPiece vocabulary of {hp.vocab_size} pieces trained in "
+                       f"{time.perf_counter() - start:.1f} s, cached in {path}")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return text
+
+    def adopt(self, blueprint) -> None:
+        super().adopt(blueprint)
+        self._tokenized.clear()
+        self._masker, self._val = None, None
+
+    # ---- examples -----------------------------------------------------------------------------------------
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise DataError("pretrain: no tokenizer: give data.tokenizer, model.pretrained, or a checkpoint "
+                            "(--ckpt_path) that carries one")
+        return self.tokenizer
+
+    def masker(self) -> Masker:
+        """The masking of this data's tokenizer and settings."""
+        if self._masker is None:
+            hp = self.hparams
+            self._masker = Masker(self._require_tokenizer(), hp.mlm_probability, hp.whole_word)
+        return self._masker
+
+    def tokenized(self, split: str) -> list[TokenizedDocument]:
+        """The documents of "train", "val" (held out) or "test" as token ids per sentence."""
+        if split not in self._tokenized:
+            if split in ("train", "val"):
+                self._split_corpus()
+            documents = tokenize_documents(self.documents[split], self._require_tokenizer())
+            if split != "train":
+                check_pairs_possible([len(d.sentences) for d in documents], [d.source for d in documents],
+                                     "held-out set (data.heldout)" if split == "val" else "test set (data.test_files)")
+            self._tokenized[split] = documents
+        return self._tokenized[split]
+
+    def examples(self, split: str, epoch: int = 0) -> MaskedExamples:
+        """The masked sentence pairs of a split in an epoch (evaluation splits always use epoch 0)."""
+        hp = self.hparams
+        examples, stats = create_examples(self.tokenized(split), self.masker().special, hp.max_length,
+                                          hp.short_seq_prob, seed=self.seed, epoch=epoch)
+        rank_zero_info(f"pretrain {split}, epoch {epoch}: {stats}")
+        return MaskedExamples(examples, self.masker(), self.seed, split, epoch)
+
+    # ---- loaders ------------------------------------------------------------------------------------------
+    def _collate(self):
+        return pad_collate({"input_ids": self.masker().special.pad, "token_type_ids": 0, "mlm_labels": IGNORE_INDEX})
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        data = self.examples("train", epoch)
+        return self.loader(data, data.lengths, self._collate(), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val is None:
+            self._val = self.examples("val")
+        return self.loader(self._val, self._val.lengths, self._collate(), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        data = self.examples("test")
+        return self.loader(data, data.lengths, self._collate(), train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        rows = [{"index": i, **self._encode_line(line)} for i, line in enumerate(self._predict_lines)]
+        return self.loader(rows, [len(r["input_ids"]) for r in rows],
+                           pad_collate({"input_ids": self.masker().special.pad, "token_type_ids": 0}),
+                           train=False, keep_order=True)
+
+    def _encode_line(self, line: str) -> dict:
+        """[CLS] A [SEP] (B [SEP]) of a predict line, A and B split at its first tab; cut to max_length by dropping
+        the last tokens of the longer segment."""
+        special = self.masker().special
+        segments = [self.tokenizer.encode(part, add_special_tokens=False).ids for part in line.split("\t", 1)]
+        budget = self.max_length - 1 - len(segments)
+        truncated = sum(map(len, segments)) > budget
+        while sum(map(len, segments)) > budget:
+            longest = max(segments, key=len)
+            longest.pop()
+        ids = [special.cls] + [t for seg in segments for t in (*seg, special.sep)]
+        types = [0] * (len(segments[0]) + 2) + [1] * (len(segments[1]) + 1 if len(segments) > 1 else 0)
+        return {"input_ids": ids, "token_type_ids": types, "truncated": int(truncated)}
+
+    def predict_text(self, index: int) -> str:
+        """Line `index` of the predict file."""
+        return self._predict_lines[index]
