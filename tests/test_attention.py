@@ -24,7 +24,7 @@ from modeling import BERT, GPT, BertConfig, GPTConfig, Transformer, TransformerC
 from modeling.attention import MultiHeadAttention
 from tasks.attention import record_attention
 from tasks.checkpoint import Blueprint, read_checkpoint
-from tasks.export import network
+from tasks.export import export, network
 from tasks.plots import attention_figure
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -195,6 +195,16 @@ def test_lm_checkpoint_attends_only_to_the_past(fitted, tmp_path):
     assert saved.shape == (2, 2, len(text), len(text))
     assert (np.triu(saved, k=1) == 0).all() and np.allclose(saved.sum(-1), 1, atol=1e-5)
     assert json.loads((out / "tokens.json").read_text())["self"]["keys"] == list(text)
+
+
+def test_exported_gpt2_directory_gives_the_checkpoints_attention(fitted, tmp_path):
+    """--hf_dir with a GPT-2 directory (here our lm checkpoint exported) reads the same tokens and weights."""
+    export(fitted["lm"], "lm", tmp_path / "hf")
+    for source, out in ((["--ckpt_path", str(fitted["lm"])], "a"), (["--hf_dir", str(tmp_path / "hf")], "b")):
+        assert run.main(["lm", "attention", *source, "--text", "ROMEO:\nWhat?", "--out", str(tmp_path / out)]) == 0
+    a, b = (json.loads((tmp_path / d / "tokens.json").read_text()) for d in "ab")
+    assert a == b and a["self"]["keys"] == list("ROMEO:\nWhat?")
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "self.npy"), np.load(tmp_path / "a" / "self.npy"), atol=1e-6)
 
 
 def test_encoder_decoder_checkpoint_draws_encoder_decoder_and_cross_attention(tmp_path, capsys):
