@@ -103,7 +103,11 @@ def write_curves(run_dir: str | Path, loggers: Sequence = ()) -> Path | None:
     run_dir = Path(run_dir)
     path = run_dir / "curves.png"
     try:
-        fig = curves_figure(read_metrics(run_dir), title=f"{run_dir.parent.name}/{run_dir.name}")
+        curves = read_metrics(run_dir)
+        if not curves:
+            log.info("curves.png not drawn: the run logged no metrics (shorter than log_every_n_steps)")
+            return None
+        fig = curves_figure(curves, title=f"{run_dir.parent.name}/{run_dir.name}")
         fig.savefig(path, dpi=80)
         plt.close(fig)
         for logger in loggers:
