@@ -12,20 +12,27 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from data.errors import DataError
 
 csv.field_size_limit(sys.maxsize)
 
 
-def read_text(path: str | Path) -> str:
-    """A text file's content. UTF-8, with a byte-order mark at the start dropped (Excel writes one) and any line
-    ending (CRLF included); a byte that is not UTF-8 is a DataError naming its line."""
+def require_file(path: str | Path) -> Path:
+    """`path`, which must be a file: else a DataError saying it is missing or is not a file."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a file (a directory?)")
+    return path
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's content. UTF-8, with a byte-order mark at the start dropped (Excel writes one) and any line
+    ending (CRLF included); a byte that is not UTF-8 is a DataError naming its line."""
+    path = require_file(path)
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -45,11 +52,10 @@ def read_table(path: str | Path, columns: list[str], optional: tuple[str, ...] =
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".tsv", ".csv", ".txt"):
         raise DataError(f"{path}: unknown file type {suffix!r}; expected .tsv, .csv or .jsonl")
-    text = read_text(path)
     if suffix in (".jsonl", ".json"):
-        table = _read_jsonl(path, text, columns, optional)
+        table = _read_jsonl(path, columns, optional)
     else:
-        table = _read_delimited(path, text, columns, optional, "," if suffix == ".csv" else "\t")
+        table = _read_delimited(path, read_text(path), columns, optional, "," if suffix == ".csv" else "\t")
     if not table["_line"]:
         raise DataError(f"{path}: no data rows (the file is empty or holds only a header)")
     return table
@@ -94,19 +100,26 @@ def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[s
     return table
 
 
-def _read_jsonl(path: Path, text: str, columns: list[str], optional: tuple[str, ...]) -> dict[str, list]:
-    table: dict[str, list] = {c: [] for c in [*columns, *optional]}
-    table["_line"] = []
-    seen_optional = set()
-    for line, row_text in enumerate(text.splitlines(), start=1):
+def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every line of a JSON-lines file; an empty line, a line that is not JSON or not a
+    JSON object is a DataError naming the line."""
+    for line, row_text in enumerate(read_text(path).splitlines(), start=1):
         if not row_text.strip():
             raise DataError(f"{path}, line {line}: empty line (every line is one JSON object)")
         try:
             row = json.loads(row_text)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}, line {line}: not valid JSON ({e.msg})") from None
+            raise DataError(f"{path}, line {line}: not valid JSON ({e.msg}, column {e.colno})") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {line}: expected a JSON object, found {type(row).__name__}")
+        yield line, row
+
+
+def _read_jsonl(path: Path, columns: list[str], optional: tuple[str, ...]) -> dict[str, list]:
+    table: dict[str, list] = {c: [] for c in [*columns, *optional]}
+    table["_line"] = []
+    seen_optional = set()
+    for line, row in read_json_lines(path):
         for c in columns:
             if c not in row or row[c] is None or str(row[c]).strip() == "":
                 raise DataError(f"{path}, line {line}: missing or empty key {c!r} (keys: {', '.join(map(str, row))})")

@@ -46,6 +46,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
+from data.readers import read_json_lines, read_text
 from data.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ def read_squad(path: str | Path, version_2: bool = False, require_answers: bool 
     require_answers: False for files to predict on, whose questions may come without answers.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: SQuAD file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         root = json.loads(text)
     except json.JSONDecodeError as e:
@@ -164,31 +163,20 @@ def _read_question(qa, context: str, article: int, title: str, where: str, versi
 
 
 def read_qa_jsonl(path: str | Path) -> list[Question]:
-    """Questions to answer from JSON lines `{"question": ..., "context": ...}` with an optional "id"
-    (default: the line number). Blank lines are skipped; every problem names the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    """Questions to answer from JSON lines `{"question": ..., "context": ...}` with an optional "id" (default: the
+    line number); texts are kept exactly as given (answers are character offsets into them). Every problem names the
+    line; an empty line is one (it would shift the output against the input)."""
     questions, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: not a JSON object")
-            for key in ("question", "context"):
-                if not isinstance(row.get(key), str) or not row[key].strip():
-                    raise DataError(f"{where}: no {key!r} text")
-            qid = str(row.get("id", line_no))
-            if qid in seen:
-                raise DataError(f"{where}: duplicate id {qid!r} (first on line {seen[qid]})")
-            seen[qid] = line_no
-            questions.append(Question(qid, row["question"], row["context"], [], [], -1, ""))
+    for line_no, row in read_json_lines(path):
+        where = f"{path}, line {line_no}"
+        for key in ("question", "context"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise DataError(f"{where}: no {key!r} text")
+        qid = str(row.get("id", line_no))
+        if qid in seen:
+            raise DataError(f"{where}: duplicate id {qid!r} (first on line {seen[qid]})")
+        seen[qid] = line_no
+        questions.append(Question(qid, row["question"], row["context"], [], [], -1, ""))
     if not questions:
         raise DataError(f"{path}: no questions in this file")
     return questions

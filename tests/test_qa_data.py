@@ -96,9 +96,9 @@ def test_read_qa_jsonl(tmp_path, questions, tokenizer):
     path = tmp_path / "in.jsonl"
     rows = [{"question": q.question, "context": q.context} for q in questions[:3]]
     rows[1]["id"] = "mine"
-    path.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     read = read_qa_jsonl(path)
-    assert [q.id for q in read] == ["1", "mine", "4"]
+    assert [q.id for q in read] == ["1", "mine", "3"]
     assert [(q.question, q.context) for q in read] == [(q.question, q.context) for q in questions[:3]]
     windows = build_windows(tokenizer, read, with_labels=False)
     assert all(w.start_position == w.end_position == CLS_POSITION for w in windows)
@@ -393,7 +393,8 @@ def test_bad_input_not_squad(tmp_path):
 @pytest.mark.parametrize("line,expected", [
     ('{"question": "Why?"', "not valid JSON"),
     ('{"question": "Why?", "context": ""}', "no 'context' text"),
-    ('["Why?", "Because."]', "not a JSON object"),
+    ('["Why?", "Because."]', "expected a JSON object"),
+    ('', "empty line"),
     ('{"id": "1", "question": "Why?", "context": "Because."}', "duplicate id '1' (first on line 1)"),
 ])
 def test_bad_input_jsonl(tmp_path, line, expected):
