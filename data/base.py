@@ -19,6 +19,7 @@ import warnings
 from typing import Callable, Optional, Sequence
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.batching import LengthGroupedSampler
@@ -88,14 +89,21 @@ class TaskDataModule(pl.LightningDataModule):
             sampler.skip_batches(*self._resume)
             self._resume = None
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0 and train)
+                          persistent_workers=self.num_workers > 0 and train, generator=self.loader_generator())
+
+    def loader_generator(self) -> torch.Generator:
+        """A DataLoader's own generator. Every pass over a DataLoader draws its workers' base seed from it; from the
+        global generator instead, a resumed run's first pass would draw once more than the uninterrupted run, and
+        every dropout mask after it would differ."""
+        return torch.Generator().manual_seed(self.seed)
 
     # ---- the position inside the epoch --------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The batches done in the last epoch started (after that epoch ended, current_epoch is already the next)."""
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        return {"epoch": trainer.current_epoch,
+        return {"epoch": trainer.fit_loop.epoch_progress.current.started - 1,
                 "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state: dict) -> None:

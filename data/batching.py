@@ -49,8 +49,14 @@ class LengthGroupedSampler(Sampler[list[int]]):
         self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch (through `sampler`)."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> "LengthGroupedSampler":
+        """Lightning calls `set_epoch` on `loader.batch_sampler.sampler` (torch's BatchSampler wraps a sampler), not
+        on the batch sampler itself: this one is its own sampler, so every epoch gets its own order."""
+        return self
 
     def _cut(self, order: list[int]) -> list[list[int]]:
         """Consecutive batches of `order`: `batch_size` examples, or as many as fit the token budget."""
