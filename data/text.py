@@ -21,11 +21,12 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from data.base import TaskDataModule
+from data.batching import world
 from data.errors import ConfigError, DataError
-from data.readers import read_text
+from data.readers import read_text, require_file
 from data.lm_tokenizer import TextTokenizer
 
 CACHE_VERSION = "1"
@@ -67,7 +68,7 @@ def split_documents(docs: Sequence[str], val_fraction: float) -> tuple[list[str]
 
 
 def file_digest(path: str | Path) -> str:
-    with open(path, "rb") as f:
+    with open(require_file(path), "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -155,18 +156,26 @@ class RandomBlocks(IterableDataset):
     drawn and dropped at its start, so a resumed run continues the stream where the checkpoint left it. Otherwise
     (evaluation) pass p yields `num_batches` batches from a generator seeded with (seed, p): successive
     evaluations draw new batches, a rerun draws the same ones, and a resumed run (`passes` restored) too.
+
+    One stream, shared: every process of `num_replicas` (DDP) and every DataLoader worker draws the same batches
+    and keeps its own, process r the batches r, r + W, r + 2W, ... of the stream (so W processes train on what one
+    would see in W times the steps, and evaluation counts each batch once), and worker k of K every K-th of those,
+    in the order the DataLoader takes them from its workers. `skip` counts this process's batches. Each batch
+    carries `index`, its blocks' start offsets: the examples it holds.
     """
 
     SAMPLING = ("random", "shuffled")
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 num_batches: int | None = None, sampling: str = "random", skip: int = 0):
+                 num_batches: int | None = None, sampling: str = "random", skip: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1")
         if sampling not in self.SAMPLING:
             raise ValueError(f"sampling {sampling!r} is not one of {self.SAMPLING}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.num_batches, self.seed, self.sampling, self.skip = num_batches, seed, sampling, skip
+        self.num_replicas, self.rank = num_replicas, rank
         self.rng = np.random.default_rng(seed)
         self.passes = 0
         self._offsets = np.arange(block_size + 1)
@@ -178,22 +187,23 @@ class RandomBlocks(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = self.rng
-        info = torch.utils.data.get_worker_info()
-        if info is not None:  # each worker its own stream
-            rng = np.random.default_rng([self.seed, info.id])
-        elif self.num_batches is not None:
+        if self.num_batches is not None:
             rng = np.random.default_rng([self.seed, self.passes])
             self.passes += 1
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         starts_stream = self._random_starts(rng) if self.sampling == "random" else self._shuffled_starts(rng)
-        for _ in range(self.skip):
+        for _ in range(self.skip * self.num_replicas):
             next(starts_stream)
         self.skip = 0
-        i = 0
-        while self.num_batches is None or i < self.num_batches:
+        g = 0                                              # batches of the shared stream drawn so far
+        while self.num_batches is None or g < self.num_batches:
             starts = next(starts_stream)
-            chunk = _as_long(self.tokens[starts[:, None] + self._offsets])
-            yield {"input_ids": chunk[:, :-1], "targets": chunk[:, 1:]}
-            i += 1
+            mine = g % self.num_replicas == self.rank and (g // self.num_replicas) % workers == worker
+            if mine:
+                chunk = _as_long(self.tokens[starts[:, None] + self._offsets])         # (B, T + 1)
+                yield {"input_ids": chunk[:, :-1], "targets": chunk[:, 1:], "index": _as_long(starts)}
+            g += 1
 
     def _random_starts(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
         high = len(self.tokens) - self.block_size  # starts 0 .. n - block_size - 1, as nanoGPT
@@ -380,9 +390,9 @@ class TextDataModule(TaskDataModule):
         self.prepare_corpus()
         position = self.resume_position()                # (epoch, batches done): the stream is one endless epoch
         ds = RandomBlocks(self.splits["train"], self.block_size, self.batch_size, seed=self.seed,
-                          sampling=self.train_sampling, skip=position[1] if position else 0)
+                          sampling=self.train_sampling, skip=position[1] if position else 0, **self._shard())
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0, generator=self.loader_generator())
 
     def val_dataloader(self) -> DataLoader:
         self.prepare_corpus()
@@ -390,11 +400,10 @@ class TextDataModule(TaskDataModule):
         if self.val_batches:      # each validation draws fresh batches, fixed by the seed and the pass number
             if self._val_stream is None:
                 self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size, seed=self.seed + 1,
-                                                num_batches=self.val_batches)
+                                                num_batches=self.val_batches, **self._shard())
                 self._val_stream.passes = self._val_passes
-            return DataLoader(self._val_stream, batch_size=None)
-        return DataLoader(Blocks(val, self.block_size, pad_id=self.tokenizer.eot_id),
-                          batch_size=self.eval_batch_size, num_workers=self.num_workers)
+            return DataLoader(self._val_stream, batch_size=None, generator=self.loader_generator())
+        return self._evaluation_loader(Blocks(val, self.block_size, pad_id=self.tokenizer.eot_id))
 
     def test_dataloader(self) -> DataLoader:
         if not self.test_file:
@@ -403,8 +412,18 @@ class TextDataModule(TaskDataModule):
             raise DataError("lm test: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
         tokens = self.tokenizer.encode_documents(read_documents([self.test_file]), [self.test_file])
         stride = self.test_stride or max(1, self.block_size // 2)
-        ds = SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id)
-        return DataLoader(ds, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        return self._evaluation_loader(SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id))
+
+    def _evaluation_loader(self, blocks: Dataset) -> DataLoader:
+        """Consecutive batches of fixed-size blocks, each on exactly one process (the base's sampler)."""
+        return self.loader(blocks, [self.block_size] * len(blocks), default_collate, train=False,
+                           group_by_length=False)
+
+    @staticmethod
+    def _shard() -> dict[str, int]:
+        """This process's share of a random stream (RandomBlocks): (number of processes, rank)."""
+        num_replicas, rank = world()
+        return {"num_replicas": num_replicas, "rank": rank}
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of {"index", "prompt"}: every line of the predict file, in order."""

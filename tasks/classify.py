@@ -93,7 +93,8 @@ class ClassificationTask(Task):
         nn.init.zeros_(self.head.bias)
         metrics = glue_metrics(len(bp.labels or []), self.regression)
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        # float64 sums: the mean is then the same, digit for digit, however DDP splits the batches
+        self.val_loss, self.test_loss = MeanMetric().set_dtype(torch.float64), MeanMetric().set_dtype(torch.float64)
 
     def encoder(self) -> BERT:
         return self.bert

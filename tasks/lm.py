@@ -113,7 +113,9 @@ class LMTask(Task):
                  sample_tokens: int = 100, sample_prompt: str = "\n", sample_temperature: float = 0.8,
                  sample_top_k: int | None = 200, sample_seed: int = 1234, **kwargs):
         super().__init__(**kwargs)
-        self.val_loss, self.test_loss, self.test_tokens = MeanMetric(), MeanMetric(), SumMetric()
+        # float64 sums: the mean over all tokens is then the same, digit for digit, however DDP splits the batches
+        self.val_loss, self.test_loss = MeanMetric().set_dtype(torch.float64), MeanMetric().set_dtype(torch.float64)
+        self.test_tokens = SumMetric()
 
     # model construction ------------------------------------------------------------------------------------
     def create(self, data) -> Blueprint:
