@@ -12,13 +12,15 @@ plus a CSV log, `last.ckpt` (always the newest state) plus the best checkpoint o
 `--ckpt_path last` to resume, JSON-lines prediction output (one line per input, in order), and errors as one line.
 
 Exit codes: 0 done; 2 a user error (a bad setting, data file, checkpoint or command line: one line naming it, and a
-run directory this command created is removed); 1 training diverged (NaN/inf loss); 130 stopped by Ctrl-C after
-saving last.ckpt.
+run directory this command created is removed); 1 training diverged (NaN/inf loss or gradient); 130 stopped by
+Ctrl-C, 143 by SIGTERM (a scheduler's pre-emption), each after saving last.ckpt. Errors go to stderr, Lightning's
+progress notes to stdout.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -35,11 +37,12 @@ from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonito
 from pytorch_lightning.cli import LightningCLI  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
+from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of old jsonargparse APIs
 RUN_DIR_ENV = "NLP_RUN_DIR"  # set by the launching process so DDP workers share its run directory
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,8 @@ class TaskCLI(LightningCLI):
         self.run_dir: Optional[Path] = None
         self.created_run_dir = False
         self.last_checkpoint = None
+        # only the subcommand asked for gets a parser: each one costs most of a second to build (all four for --help)
+        self.parsed_subcommands = [args[0]] if args and args[0] in SUBCOMMANDS else list(SUBCOMMANDS)
         has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
         default = [str(ROOT / spec.default_config)] if not has_config else []
         sub_kwargs = {"exit_on_error": False, "default_config_files": default}
@@ -143,7 +148,7 @@ class TaskCLI(LightningCLI):
             super().__init__(
                 import_target(spec.module, task), import_target(spec.datamodule, task), args=args,
                 seed_everything_default=42,
-                parser_kwargs={"exit_on_error": False, **{s: sub_kwargs for s in SUBCOMMANDS}},
+                parser_kwargs={"exit_on_error": False, **{s: sub_kwargs for s in self.parsed_subcommands}},
                 trainer_defaults={"use_distributed_sampler": False},   # every loader shards itself (data/batching.py)
                 save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
         except user_error_types():
@@ -151,6 +156,10 @@ class TaskCLI(LightningCLI):
             if self.created_run_dir and self.run_dir is not None and self.run_dir.exists():
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
+
+    def subcommands(self) -> dict[str, set[str]]:
+        every = LightningCLI.subcommands()
+        return {name: every[name] for name in self.parsed_subcommands}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_dir", type=Optional[str], default=None,
@@ -249,7 +258,20 @@ class TaskCLI(LightningCLI):
         kwargs.setdefault("default_root_dir", str(run_dir))
         kwargs.setdefault("logger", loggers or False)
         kwargs.setdefault("callbacks", callbacks)
+        kwargs.setdefault("plugins", self._checkpoint_io(trainer_cfg.get("plugins")))
         return super().instantiate_trainer(**kwargs)
+
+    @staticmethod
+    def _checkpoint_io(plugins) -> list:
+        """The configured plugins, plus checkpoints written atomically (tasks/checkpoint.AtomicCheckpointIO) unless
+        the configuration brings its own CheckpointIO."""
+        from lightning_fabric.plugins import CheckpointIO
+
+        from tasks.checkpoint import AtomicCheckpointIO
+        plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) or plugins is None else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return plugins
 
     @staticmethod
     def _wandb_logger(run_dir: Path) -> list:
@@ -322,6 +344,25 @@ class TaskCLI(LightningCLI):
         (self.run_dir / f"{sub}_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
+def check_config_files(args: list[str]) -> None:
+    """Every `--config FILE` exists and is YAML; else one UsageError line naming the file and line (jsonargparse
+    would name neither)."""
+    import yaml
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths += [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UsageError(f"--config {path}: " + ("file not found" if not path.exists() else "not a file"))
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            raise UsageError(f"{path}{where}: not valid YAML ({e.problem or e.context})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: not valid YAML ({one_line(e, 200)})") from None
+
+
 def user_error_types() -> tuple[type, ...]:
     """Errors that are the user's to fix, each reported as one line with exit code 2: a bad setting or data file
     (data.errors), a bad checkpoint (tasks.checkpoint.CheckpointError is a ConfigError), a missing path, a bad
@@ -351,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest and not rest[0].startswith("-") and rest[0] not in SUBCOMMANDS:
             raise UsageError(f"unknown subcommand {rest[0]!r} for task {task!r}; choose from: "
                              + ", ".join([*SUBCOMMANDS, *verbs, *COMMON_VERBS]))
+        check_config_files(rest)
         import warnings
         with warnings.catch_warnings():  # run.py passes args on purpose; Lightning warns about that
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
@@ -359,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as e:
         print(f"run.py {task}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except SIGTERMException:
+        print(f"run.py {task}: stopped by SIGTERM; last.ckpt holds the last step: resume with --ckpt_path last",
+              file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as e:  # noqa: BLE001
         from tasks.base import TrainingDiverged
         if isinstance(e, TrainingDiverged):
@@ -370,5 +416,15 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop(RUN_DIR_ENV, None)
 
 
+def lightning_notes_to_stdout() -> None:
+    """Lightning's and Fabric's progress notes ("GPU available: ...", "Seed set to 42") go to stdout, so that stderr
+    holds warnings and errors only: a failed command's stderr is its one error line."""
+    for name in ("pytorch_lightning", "lightning_fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
+
+
 if __name__ == "__main__":
+    lightning_notes_to_stdout()
     sys.exit(main())

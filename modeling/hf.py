@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 
@@ -57,10 +58,21 @@ def read_config(directory: Path) -> dict:
 
 
 def read_weights(directory: Path) -> dict[str, Tensor]:
-    if (directory / "model.safetensors").exists():
-        return load_file(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").exists():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    """The weights file's tensors; a file that is unreadable, or a pickle holding code, is a ValueError naming it."""
+    safetensors, pickled = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if safetensors.exists():
+        try:
+            return load_file(str(safetensors))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{safetensors}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    if pickled.exists():
+        try:
+            return torch.load(pickled, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(f"{pickled}: holds Python objects that could run code, refused (weights_only=True)") \
+                from None
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file breaks in many ways
+            raise ValueError(f"{pickled}: not a readable weights file ({str(e).splitlines()[0]})") from None
     raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
 
 

@@ -18,8 +18,8 @@ and may override `encoder()` (the module that layer-wise learning-rate decay wal
 - *the optimizer*: AdamW without decay on norms and biases, warm-up then linear / cosine / inverse-sqrt decay,
   optional layer-wise decay and head learning rate, fused where safe, gradient clipping under bf16 (tasks/optim.py);
 - *the shared settings*, checked once: a bad value is one `ConfigError` line, exit code 2;
-- *a run that diverges*: a NaN or infinite loss stops training with one line naming the step, before the weights
-  take the bad update;
+- *a run that diverges*: a NaN or infinite loss or gradient stops training with one line naming the step, before
+  the weights take the bad update (so no checkpoint holds NaN weights);
 - *exact resumption*: the random number generators' states travel in the checkpoint, so a resumed run draws the
   same dropout masks as an uninterrupted one.
 
@@ -27,6 +27,8 @@ README.md "Adding a task" walks through `tasks/classify.py` as the example.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import pytorch_lightning as pl
@@ -42,7 +44,11 @@ Architecture = dict[str, Union[bool, int, float, str]]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: one line naming the step (run.py exits with 1)."""
+    """The loss or a gradient became NaN or infinite: one line naming the step (run.py exits with 1)."""
+
+
+TRACE_SAMPLES_ENV = "NLP_TRACE_SAMPLES"   # a file: every training batch's example numbers are appended to it
+
 
 
 class Task(pl.LightningModule):
@@ -94,6 +100,7 @@ class Task(pl.LightningModule):
             raise ConfigError("model.pretrained is empty")
         self.save_hyperparameters()
         self.blueprint: Optional[Blueprint] = None
+        self._step_losses: list[torch.Tensor] = []  # the losses of the optimizer step under way
 
     # ---- what a task fills in -------------------------------------------------------------------------------
     def create(self, data: pl.LightningDataModule) -> Blueprint:
@@ -189,8 +196,43 @@ class Task(pl.LightningModule):
         gathered = self.all_gather(padded)                                                      # (W, max, ...)
         return torch.cat([gathered[rank, :n] for rank, n in enumerate(sizes)])
 
+    # ---- a run that diverges ----------------------------------------------------------------------------------
     def on_before_backward(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{self.name}: the training loss is {loss.item()} at step {self.global_step} "
-                                   f"(epoch {self.current_epoch}); stopped before the update. Try a lower model.lr "
-                                   f"or trainer.gradient_clip_val")
+        self._step_losses.append(loss.detach())
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stops the run before the update when a loss of this step or a gradient is NaN or infinite on any process
+        (all processes agree, so none is left waiting for the others), so no checkpoint ever holds NaN weights.
+        Under fp16's loss scaler an infinite gradient is routine (the scaler skips that step): only the loss counts."""
+        losses = torch.stack(self._step_losses) if self._step_losses else torch.zeros(0, device=self.device)
+        self._step_losses = []
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        finite_grads = torch.ones((), dtype=torch.bool, device=self.device)
+        if grads and str(self.trainer.precision) not in ("16-mixed", "16-true"):
+            finite_grads = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        bad = torch.stack([~torch.isfinite(losses).all(), ~finite_grads]).float()       # (2,) loss, gradient
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        if not bad.any():
+            return
+        nonfinite = losses[~torch.isfinite(losses)]
+        what = (f"the training loss is {nonfinite[0].item()}" if len(nonfinite) else
+                "a gradient is not finite" if not finite_grads else
+                "the loss or a gradient is not finite on another process")
+        raise TrainingDiverged(f"{self.name}: {what} at step {self.global_step} (epoch {self.current_epoch}); "
+                               f"stopped before the update. Try a lower model.lr or trainer.gradient_clip_val")
+
+    # ---- which examples each step trains on (opt-in, for resume tests) -----------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """With NLP_TRACE_SAMPLES=<file>, append `{"step", "rank", "index"}` of every training batch to that file:
+        the example numbers (`batch["index"]`) each optimizer step trains on, to check that a resumed run sees the
+        same examples as an uninterrupted one."""
+        path = os.environ.get(TRACE_SAMPLES_ENV)
+        if not path:
+            return
+        if not isinstance(batch, dict) or "index" not in batch:
+            raise ConfigError(f"{TRACE_SAMPLES_ENV}: the {self.name} task's training batches carry no 'index' "
+                              f"(the numbers of their examples), so they cannot be traced")
+        record = {"step": self.global_step, "rank": self.global_rank, "index": torch.as_tensor(batch["index"]).tolist()}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")

@@ -10,13 +10,17 @@ refused). Every problem is one `CheckpointError` line naming the file: missing, 
 unsafe, written by another task (named), or by an unknown format.
 
 Saving. `LastCheckpoint` writes `last.ckpt` every `every_n_steps` optimizer steps, after every validation, at
-the end of fit, and when Ctrl-C stops a run (at the next step boundary, so the file is consistent). Lightning
-writes through an fsspec transaction (a temporary file moved into place), so a kill never leaves a half-written
-checkpoint under a `.ckpt` name. `latest_checkpoint` finds the newest checkpoint of a run, whatever its name.
+the end of fit, and when Ctrl-C or SIGTERM (a scheduler's pre-emption) stops a run (at the next step boundary, so
+the file is consistent). `AtomicCheckpointIO` writes every checkpoint to a hidden temporary file beside it and
+renames it into place, so a kill never leaves a half-written checkpoint under a `.ckpt` name. (Lightning's own
+fsspec transaction writes to the system's temporary directory and *moves* the file, which is a copy straight into
+the `.ckpt` when that directory is on another file system, as /tmp and a cluster's shared disk are.)
+`latest_checkpoint` finds the newest checkpoint of a run, whatever its name.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import signal
 import zipfile
@@ -26,6 +30,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 
 from data.errors import ConfigError
 
@@ -65,6 +70,9 @@ def read_checkpoint(path: str | Path, task: Optional[str] = None) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found" if not path.exists()
                               else f"{path}: not a checkpoint file (a directory?)")
+    if not zipfile.is_zipfile(path):        # what torch.save writes; a cut or foreign file is not one
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated, or another kind of file: not the zip "
+                              f"archive torch.save writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -72,7 +80,7 @@ def read_checkpoint(path: str | Path, task: Optional[str] = None) -> dict:
         if "Unsupported" in str(e) or "weights_only" in str(e):
             reason = "it holds Python objects that could run code, refused (weights_only=True)"
         raise CheckpointError(f"{path}: cannot load safely: {reason}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever breaks while reading it, the file is not a checkpoint
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another kind of file: {first})") \
             from None
@@ -103,6 +111,21 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to `.<name>.tmp` in its own directory, flushed to disk, then renames it to `<name>`: the
+    `.ckpt` is the previous complete file or the new complete file, never a part of one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.tmp")
+        with open(partial, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+
+
 class LastCheckpoint(pl.callbacks.Checkpoint):
     """Keeps `<dirpath>/last.ckpt` the newest state of the run.
 
@@ -110,7 +133,9 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     A run that stops inside an epoch (max_steps, max_time, Ctrl-C) is saved at its last step, before Lightning
     counts the unfinished epoch as done, so a resumed run continues that epoch where it stopped. Ctrl-C: the first
     SIGINT asks the run to stop at the end of the current step (the state is consistent there); a second one
-    interrupts at once. (A `Checkpoint` subclass, so Lightning runs it after the callbacks that stop a run.)
+    interrupts at once. SIGTERM (what a cluster scheduler sends before it kills a pre-empted job): Lightning stops
+    at the end of the current step, and last.ckpt is written first. (A `Checkpoint` subclass, so Lightning runs it
+    after the callbacks that stop a run.)
     """
 
     FILENAME = "last.ckpt"
@@ -119,7 +144,8 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         super().__init__()
         self.path = Path(dirpath) / self.FILENAME
         self.every_n_steps = every_n_steps
-        self.interrupted = False
+        self.interrupted = False                   # stopped by SIGINT (Ctrl-C)
+        self.terminated = False                    # stopped by SIGTERM
         self._previous_handler: Any = None
         self._saved_step = -1
         self._stop_saved = False
@@ -147,21 +173,32 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         if interrupted:
             self.interrupted = True
             trainer.should_stop = True
+        self.terminated = trainer.received_sigterm      # Lightning raises SIGTERMException after this hook
         step = trainer.global_step
         stopping = trainer.should_stop or 0 < trainer.max_steps <= step
-        if stopping and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self.save(trainer)                      # inside the epoch: the state on_train_end would see is not
-            self._stop_saved = True
+        if (stopping and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch) or self.terminated:
+            self.save(trainer)                      # inside the epoch: the state on_train_end would see is not;
+            self._stop_saved = True                 # SIGTERM: on_train_end never comes
         elif self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
             self.save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+        """After a stop inside an epoch Lightning still validates, and the state after that validation says the
+        epoch ended: resuming from it would skip the epoch's other batches. last.ckpt keeps the state at the stop."""
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and not self._stop_saved:
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not self._stop_saved:
             self.save(trainer)
+        elif trainer.is_global_zero and self.path.exists():
+            os.utime(self.path)     # the newest again, after a best checkpoint the stopping validation may have written
+        self._restore_sigint()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_sigint()
+
+    def _restore_sigint(self) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
