@@ -63,6 +63,8 @@ TASKS: dict[str, TaskSpec] = {
                    "GPT language-model pretraining and text generation"),
     "qa": TaskSpec("tasks.qa:QATask", "data.squad:SquadDataModule", "configs/qa/default.yaml",
                    "extractive question answering over BERT (SQuAD)"),
+    "pretrain": TaskSpec("tasks.pretrain:PretrainTask", "data.pretrain:PretrainDataModule",
+                         "configs/pretrain/default.yaml", "BERT pretraining: masked LM + next-sentence prediction"),
     "translate": TaskSpec("tasks.seq2seq:TranslationTask", "data.seq2seq:Seq2SeqDataModule", "configs/translate/default.yaml", "encoder-decoder Transformer translation (Multi30k), BLEU"),
     "summarize": TaskSpec("tasks.seq2seq:SummarizationTask", "data.seq2seq:Seq2SeqDataModule", "configs/summarize/default.yaml", "encoder-decoder summarization (AESLC), ROUGE"),
 }
