@@ -65,8 +65,10 @@ def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[s
                     delimiter: str) -> dict[str, list]:
     kind = "tab" if delimiter == "\t" else "comma"
     with io.StringIO(text, newline="") as f:
-        # GLUE TSVs are not quoted (sentences contain bare quotes), so only CSV uses quoting.
-        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        # GLUE TSVs are not quoted (sentences contain bare quotes), so only CSV uses quoting; strict: a quote that is
+        # never closed is an error, not a field that swallows the rest of the file
+        reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+                            strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -80,21 +82,21 @@ def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[s
         wanted = {c: header.index(c) for c in [*columns, *(o for o in optional if o in header)]}
         table: dict[str, list] = {c: [] for c in wanted}
         table["_line"] = []
-        line = 1
+        line = 1                                    # the last line read (a quoted field may span lines)
         try:
             for row in reader:
-                line = reader.line_num
+                first, line = line + 1, reader.line_num   # the row's first line names it
                 if not row or (len(row) == 1 and not row[0].strip()):
-                    raise DataError(f"{path}, line {line}: empty line (every line after the header is one example)")
+                    raise DataError(f"{path}, line {first}: empty line (every line after the header is one example)")
                 if len(row) != len(header):
-                    raise DataError(f"{path}, line {line}: expected {len(header)} {kind}-separated fields "
+                    raise DataError(f"{path}, line {first}: expected {len(header)} {kind}-separated fields "
                                     f"({', '.join(header)}), found {len(row)}")
                 for c, i in wanted.items():
                     value = row[i].strip()
                     if not value and c in columns:
-                        raise DataError(f"{path}, line {line}: empty value in column {c!r}")
+                        raise DataError(f"{path}, line {first}: empty value in column {c!r}")
                     table[c].append(value)
-                table["_line"].append(line)
+                table["_line"].append(first)
         except csv.Error as e:
             raise DataError(f"{path}, line {line + 1}: cannot parse: {e}") from None
     return table
