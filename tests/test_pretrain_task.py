@@ -156,12 +156,13 @@ def test_the_vocabulary_is_trained_once_and_cached(tmp_path, monkeypatch):
 
 # --- resume and DDP ----------------------------------------------------------------------------------------
 def test_resume_mid_epoch_ends_like_an_uninterrupted_run(tmp_path):
-    """Stopped at step 25 of 2 epochs (about 40 steps each, new pairs in epoch 1), resumed from last.ckpt: the same
-    final weights and metrics as one uninterrupted run (masks and pairs depend on (seed, epoch) only)."""
+    """Stopped at step 55 of 2 epochs (about 40 steps each), inside epoch 1 with its new pairs, and resumed from
+    last.ckpt: the same final weights and metrics as one uninterrupted run (masks and pairs depend on (seed, epoch)
+    only)."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert run.main(fit_args(full, "--model.decay_steps", "100")) == 0
-    assert run.main(fit_args(resumed, "--model.decay_steps", "100", "--trainer.max_steps", "25")) == 0
-    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 25
+    assert run.main(fit_args(resumed, "--model.decay_steps", "100", "--trainer.max_steps", "55")) == 0
+    assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 55
     assert run.main(fit_args(resumed, "--model.decay_steps", "100", "--ckpt_path", "last")) == 0
     a, b = summary(full), summary(resumed)
     assert a["global_step"] == b["global_step"] > 60
