@@ -24,7 +24,7 @@ from data.errors import ConfigError
 from modeling import BERT
 from tasks.base import Task
 from tasks.checkpoint import Blueprint
-from tasks.encoders import bert_config, load_encoder
+from tasks.encoders import bert_config, new_encoder
 from tasks.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, glue_metrics
 
 
@@ -64,17 +64,7 @@ class ClassificationTask(Task):
             raise ConfigError(f"need at least two labels to classify, got {data.labels}")
         if hp.pooling == "pair" and not data.text_pair_column:
             raise ConfigError("model.pooling pair compares the two sentences of a pair: set data.text_pair_column")
-        vocab = data.tokenizer.get_vocab_size()
-        if hp.pretrained:
-            bert, _ = load_encoder(hp.pretrained, pooler=True, overrides=hp.config)
-        elif hp.config:
-            bert = BERT(bert_config({"vocab_size": vocab, **hp.config}), pooler=True)
-        else:
-            raise ConfigError("set model.pretrained (a checkpoint) or model.config (BertConfig fields, from scratch)")
-        if vocab > bert.config.vocab_size:
-            raise ConfigError(f"the tokenizer has {vocab} tokens but the model's vocabulary has {bert.config.vocab_size}")
-        if data.max_length > bert.config.max_positions:
-            raise ConfigError(f"data.max_length {data.max_length} is longer than the model's {bert.config.max_positions} positions")
+        bert = new_encoder(hp, data, pooler=True)
         bp = Blueprint(self.name, "bert", dataclasses.asdict(bert.config), data.tokenizer_json(),
                        None if regression else list(data.labels), {"regression": regression, "pooling": hp.pooling})
         self.build(bp, bert)

@@ -61,3 +61,31 @@ def load_encoder(pretrained: str, pooler: bool, overrides: Optional[dict] = None
     bert.load_report = {"initialised": missing, "ignored": []}
     return bert, bp.tokenizer
 
+
+def new_encoder(hp, data, pooler: bool, pretraining_heads: bool = False) -> BERT:
+    """The BERT a new run of a BERT task starts from: `hp.pretrained` (whose tokenizer becomes the data's when
+    data.tokenizer is not set) with `hp.config` as overrides, or `hp.config` from scratch (the vocabulary size from
+    the data's tokenizer); checked against the data's tokenizer and max_length."""
+    if hp.pretrained:
+        bert, stored_tokenizer = load_encoder(hp.pretrained, pooler, hp.config, pretraining_heads)
+        data.default_tokenizer(stored_tokenizer, hp.pretrained)
+    elif hp.config:
+        data.default_tokenizer(None, None)
+        if data.tokenizer is None:
+            raise ConfigError("a model from scratch (model.config) needs data.tokenizer")
+        config = bert_config({"vocab_size": data.tokenizer.get_vocab_size(), **hp.config})
+        bert = BERT(config, pooler=pooler, pretraining_heads=pretraining_heads)
+    else:
+        raise ConfigError("set model.pretrained (a BERT directory, hub name or one of our checkpoints) or model.config "
+                          "(BertConfig fields, a model from scratch)")
+    vocab = data.tokenizer.get_vocab_size()
+    if vocab > bert.config.vocab_size:
+        raise ConfigError(f"the tokenizer has {vocab} tokens but the model's vocabulary has {bert.config.vocab_size}")
+    check_max_length(data, bert)
+    return bert
+
+
+def check_max_length(data, bert: BERT) -> None:
+    if data.max_length > bert.config.max_positions:
+        raise ConfigError(f"data.max_length {data.max_length} is longer than the model's "
+                          f"{bert.config.max_positions} positions")

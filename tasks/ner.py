@@ -26,7 +26,7 @@ from modeling import BERT, combine_layers
 from modeling.bert import LAYER_COMBINATIONS, combined_width
 from tasks.base import Task
 from tasks.checkpoint import Blueprint, read_checkpoint
-from tasks.encoders import bert_config, load_encoder
+from tasks.encoders import bert_config, new_encoder
 from tasks.seqeval_metric import EntityF1
 
 
@@ -84,18 +84,7 @@ class NERTask(Task):
     # ---------------------------------------------------------------- construction
     def create(self, data) -> Blueprint:
         h = self.hparams
-        if h.pretrained:
-            bert, stored_tokenizer = load_encoder(h.pretrained, pooler=False, overrides=h.config)
-            data.default_tokenizer(stored_tokenizer, h.pretrained)
-        elif h.config:
-            if data.tokenizer is None:
-                raise ConfigError("ner: a model from scratch (model.config) needs data.tokenizer")
-            bert = BERT(bert_config({"vocab_size": data.tokenizer.get_vocab_size(), **h.config}), pooler=False)
-        else:
-            raise ConfigError("ner: set model.pretrained (a BERT directory or .ckpt) or model.config (from scratch)")
-        if data.max_length > bert.config.max_positions:
-            raise ConfigError(f"data.max_length {data.max_length} is longer than the model's "
-                              f"{bert.config.max_positions} positions")
+        bert = new_encoder(h, data, pooler=False)
         if h.casing and bert.embeddings.segment.num_embeddings != len(CASING):
             widen_segments(bert)
         settings = {k: h[k] for k in ("mode", "layers", "tagger", "lstm_hidden", "dropout", "casing")}

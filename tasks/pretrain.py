@@ -30,7 +30,7 @@ from data.pretrain import IGNORE_INDEX, IS_NEXT, PretrainDataModule
 from modeling import BERT
 from tasks.base import Task
 from tasks.checkpoint import Blueprint
-from tasks.encoders import bert_config, load_encoder
+from tasks.encoders import bert_config, check_max_length, new_encoder
 
 HEADS = ("pooler.", "mlm_head.", "nsp_head.")           # what `freeze_encoder` leaves trainable
 TIED = "mlm_head.word_embeddings.weight"                # the MLM decoder: the word embeddings themselves
@@ -125,23 +125,9 @@ class PretrainTask(Task):
     # ---- building -------------------------------------------------------------------------------------------
     def create(self, data: PretrainDataModule) -> Blueprint:
         hp = self.hparams
+        bert = new_encoder(hp, data, pooler=True, pretraining_heads=True)
         if hp.pretrained:
-            bert, stored_tokenizer = load_encoder(hp.pretrained, pooler=True, overrides=hp.config,
-                                                  pretraining_heads=True)
             rank_zero_info(weights_report(bert, hp.pretrained))
-            data.default_tokenizer(stored_tokenizer, hp.pretrained)
-        elif hp.config:
-            data.default_tokenizer(None, None)
-            bert = BERT(bert_config({"vocab_size": data.tokenizer.get_vocab_size(), **hp.config}), pooler=True,
-                        pretraining_heads=True)
-        else:
-            raise ConfigError("pretrain: set model.config (BertConfig fields: a BERT from scratch) or "
-                              "model.pretrained (a BERT to continue)")
-        vocab = data.tokenizer.get_vocab_size()
-        if vocab > bert.config.vocab_size:
-            raise ConfigError(f"the tokenizer has {vocab} tokens but the model's vocabulary has "
-                              f"{bert.config.vocab_size}")
-        check_length(data, bert)
         bp = Blueprint(self.name, "bert", dataclasses.asdict(bert.config), data.tokenizer_json())
         self.build(bp, bert)
         return bp
@@ -157,7 +143,7 @@ class PretrainTask(Task):
 
     def setup(self, stage: str) -> None:
         if self.blueprint is not None and self.trainer.datamodule is not None:     # restored from a checkpoint
-            check_length(self.trainer.datamodule, self.bert)
+            check_max_length(self.trainer.datamodule, self.bert)
 
     # ---- training and evaluation ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -220,10 +206,3 @@ class PretrainTask(Task):
                 row["truncated"] = True
             rows.append(row)
         return rows
-
-
-def check_length(data: PretrainDataModule, bert: BERT) -> None:
-    if data.max_length > bert.config.max_positions:
-        raise ConfigError(f"data.max_length {data.max_length} is longer than the model's "
-                          f"{bert.config.max_positions} positions")
-

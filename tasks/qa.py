@@ -27,7 +27,7 @@ from data.squad import best_answers
 from modeling import BERT
 from tasks.base import Task
 from tasks.checkpoint import Blueprint
-from tasks.encoders import bert_config, load_encoder
+from tasks.encoders import bert_config, new_encoder
 from tasks.squad_metric import SquadScores
 
 
@@ -51,21 +51,7 @@ class QATask(Task):
     # ---------------------------------------------------------------- construction
     def create(self, data) -> Blueprint:
         h = self.hparams
-        if h.pretrained:
-            bert, stored_tokenizer = load_encoder(h.pretrained, pooler=False, overrides=h.config)
-            data.default_tokenizer(stored_tokenizer, h.pretrained)
-        elif h.config:
-            if data.tokenizer is None:
-                raise ConfigError("qa: a model from scratch (model.config) needs data.tokenizer")
-            bert = BERT(bert_config({"vocab_size": data.tokenizer.get_vocab_size(), **h.config}), pooler=False)
-        else:
-            raise ConfigError("qa: set model.pretrained (a BERT directory or .ckpt) or model.config (from scratch)")
-        if data.tokenizer is not None and data.tokenizer.get_vocab_size() > bert.config.vocab_size:
-            raise ConfigError(f"the tokenizer has {data.tokenizer.get_vocab_size()} tokens but the model's "
-                              f"vocabulary has {bert.config.vocab_size}")
-        if data.max_length > bert.config.max_positions:
-            raise ConfigError(f"data.max_length {data.max_length} is longer than the model's "
-                              f"{bert.config.max_positions} positions")
+        bert = new_encoder(h, data, pooler=False)
         bp = Blueprint(self.name, "bert", dataclasses.asdict(bert.config), data.tokenizer_json(),
                        settings={"version_2": data.version_2})
         self.build(bp, bert)
