@@ -50,14 +50,14 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.errors import ConfigError, DataError
 from data.readers import read_table, read_text
-from data.text import default_cache_dir, file_digest, read_documents
+from data.text import default_cache_dir, read_documents
 from data.tokenization import load_tokenizer
 
 FORMATS = ("auto", "text", "wikitext", "jsonl")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")   # ids 0..4 in a vocabulary trained here
 IGNORE_INDEX = -100
 IS_NEXT, NOT_NEXT = 0, 1                                            # as BertForPreTraining's next_sentence_label
-WORDPIECE_CACHE_VERSION = "1"
+WORDPIECE_CACHE_VERSION = "2"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -549,7 +549,7 @@ class MaskedExamples(Dataset):
         generator = torch.Generator().manual_seed(example_seed(self.seed, self.split, self.epoch, i))
         masked, labels = self.masker(torch.tensor([example["input_ids"]]), generator)     # (1, T) each
         return {"input_ids": masked[0], "token_type_ids": example["token_type_ids"], "mlm_labels": labels[0],
-                "nsp_labels": example["nsp_label"]}
+                "nsp_labels": example["nsp_label"], "index": i}
 
     @property
     def lengths(self) -> list[int]:
@@ -585,7 +585,7 @@ class PretrainDataModule(TaskDataModule):
     epoch for that (`trainer.reload_dataloaders_every_n_epochs` is set to 1 when left at 0). Validation pairs
     and masks are fixed (epoch 0 of the held-out documents), so successive validations are comparable.
 
-    The vocabulary trained from scratch is cached in `cache_dir`, keyed by the corpus files' content and the
+    The vocabulary trained from scratch is cached in `cache_dir`, keyed by the training sentences (as read) and the
     settings that shape it, so a second run reads it instead of training it again (`tokenizers` breaks ties
     between equally frequent merges by hash-map order, so retraining could differ in a few pieces).
 
@@ -690,14 +690,17 @@ class PretrainDataModule(TaskDataModule):
 
     def _cached_wordpiece(self) -> str:
         hp = self.hparams
-        h = hashlib.sha256(json.dumps([WORDPIECE_CACHE_VERSION, hp.heldout, hp.vocab_size, hp.lowercase]).encode())
-        for spec in self.files:
-            h.update(json.dumps([file_digest(spec.path), spec.format, spec.text_key]).encode())
+        self._split_corpus()
+        # Keyed by the sentences the vocabulary learns from, not the files' bytes: training is not reproducible to
+        # the last piece (see train_wordpiece), so the same text with a byte-order mark or CRLF line ends must find
+        # the same vocabulary.
+        h = hashlib.sha256(json.dumps([WORDPIECE_CACHE_VERSION, hp.vocab_size, hp.lowercase]).encode())
+        for document in self.documents["train"]:
+            h.update("\n".join(s.text for s in document).encode() + b"\f")
         path = self.cache_dir / f"wordpiece-{h.hexdigest()[:24]}.json"
         if path.exists():
             rank_zero_info(f"pretrain: WordPiece vocabulary read from the cache: {path}")
             return path.read_text(encoding="utf-8")
-        self._split_corpus()
         start = time.perf_counter()
         text = train_wordpiece(self.documents["train"], hp.vocab_size, hp.lowercase).to_str()
         rank_zero_info(f"pretrain: WordPiece vocabulary of {hp.vocab_size} pieces trained in "
