@@ -78,10 +78,11 @@ class PretrainingMetrics(Metric):
     def update(self, mlm_logits: Tensor, mlm_targets: Tensor, nsp_logits: Tensor, nsp_labels: Tensor) -> None:
         """mlm_logits (N, V) and mlm_targets (N,) at the chosen positions; nsp_logits (B, 2), nsp_labels (B,)."""
         mlm_logits, nsp_logits = mlm_logits.float(), nsp_logits.float()
-        self.mlm_loss_sum += F.cross_entropy(mlm_logits, mlm_targets, reduction="sum").double()
+        # per-token losses summed in float64: the sum must not depend on which examples share a batch (DDP)
+        self.mlm_loss_sum += F.cross_entropy(mlm_logits, mlm_targets, reduction="none").double().sum()
         self.mlm_hits += (mlm_logits.argmax(-1) == mlm_targets).sum()
         self.mlm_tokens += mlm_targets.numel()
-        self.nsp_loss_sum += F.cross_entropy(nsp_logits, nsp_labels, reduction="sum").double()
+        self.nsp_loss_sum += F.cross_entropy(nsp_logits, nsp_labels, reduction="none").double().sum()
         self.nsp_hits += (nsp_logits.argmax(-1) == nsp_labels).sum()
         self.nsp_examples += nsp_labels.numel()
 
