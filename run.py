@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else EXIT_USER_ERROR
     task, rest = argv[0], argv[1:]
     launched_here = RUN_DIR_ENV not in os.environ
+    outer_wandb_run = wandb_run()
     try:
         if task not in TASKS:
             raise UsageError(f"unknown task {task!r}; choose from: {', '.join(TASKS)}")
@@ -416,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if launched_here:
             os.environ.pop(RUN_DIR_ENV, None)
+        if wandb_run() is not outer_wandb_run:    # the wandb run this command started ends with it, so a next
+            sys.modules["wandb"].finish()          # main() in the same process (a notebook, a test) gets its own
+
+
+def wandb_run():
+    """The wandb run in progress in this process, if wandb is loaded and one is."""
+    wandb = sys.modules.get("wandb")
+    return getattr(wandb, "run", None)
 
 
 def lightning_notes_to_stdout() -> None:

@@ -39,9 +39,7 @@ def trained(tmp_path_factory):
     """The default config (2-layer BERT over the fixture vocabulary) trained long enough to tag entities."""
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("ner_fit")
-    import os
-    os.environ["WANDB_MODE"] = "disabled"
-    code = run.main(["ner", "fit", "--trainer.max_epochs", "10", "--model.lr", "3e-3", "--run_dir", str(run_dir),
+    code = run.main(["ner", "fit", "--wandb", "false", "--trainer.max_epochs", "10", "--model.lr", "3e-3", "--run_dir", str(run_dir),
                      "--trainer.enable_progress_bar", "false"])
     assert code == 0
     return run_dir

@@ -71,14 +71,15 @@ def wandb_files(run_dir: Path, pattern: str) -> list[Path]:
 
 
 @pytest.fixture
-def wandb_run(tmp_path):
-    """A fit logging to wandb (offline), closed afterwards so the next one starts its own wandb run."""
-    wandb = pytest.importorskip("wandb")
+def wandb_run(tmp_path, monkeypatch):
+    """A fit logging to wandb (offline); run.main ends the wandb run it started."""
+    import wandb                                        # a runtime dependency: its absence is a failure
+    monkeypatch.setenv("WANDB_MODE", "offline")
 
     def fit(task: str, *extra: str) -> Path:
         run_dir = tmp_path / task
         assert run.main([task, "fit", "--run_dir", str(run_dir), "--wandb", "true", *QUIET, *extra]) == 0
-        wandb.finish()
+        assert wandb.run is None, "run.main left its wandb run open"
         return run_dir
     return fit
 

@@ -40,9 +40,8 @@ def trained(tmp_path_factory):
     """The default config (2-layer BERT, articles 0-1 of the fixture) trained until it answers its training
     questions: its run directory."""
     torch.set_num_threads(1)
-    os.environ["WANDB_MODE"] = "disabled"
     run_dir = tmp_path_factory.mktemp("qa_fit")
-    assert run.main(["qa", "fit", "--trainer.max_epochs", "8", "--model.lr", "3e-3", "--run_dir", str(run_dir),
+    assert run.main(["qa", "fit", "--wandb", "false", "--trainer.max_epochs", "8", "--model.lr", "3e-3", "--run_dir", str(run_dir),
                      "--data.cache_dir", str(run_dir / "cache"), *QUIET]) == 0
     return run_dir
 
