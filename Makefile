@@ -25,7 +25,7 @@ demo: setup
 	$(PY) run.py classify fit
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # Real-data runs and speed comparisons (tens of minutes on 2 CPU cores); each appends to benchmarks/results.jsonl.
 bench: setup
