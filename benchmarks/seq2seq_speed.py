@@ -2,8 +2,10 @@
 run on one machine, on real Multi30k en->de pairs tokenised by our joint BPE (data/seq2seq.py).
 
 (1) Training: forward + backward + AdamW step, float32, same batches, same shape (post-norm, shared vocabulary, tied
-    embeddings, sinusoidal positions, ReLU FFN), same dropout, label smoothing 0.1. Tokens/s counts the non-pad
-    source and target tokens of each batch.
+    embeddings, sinusoidal positions, ReLU FFN), same dropout, label smoothing 0.1. Ours computes the task's loss
+    (tasks.seq2seq.seq2seq_loss: label-smoothed, projected onto the vocabulary chunk by chunk at the target tokens
+    only); transformers' the usual way (all logits, F.cross_entropy). Tokens/s counts the non-pad source and
+    target tokens of each batch.
 (2) Beam-5 decoding of the first N test_2016_flickr sentences: our `beam_search` (KV cache) against
     `MarianMTModel.generate(num_beams=5)`, on the SAME weights (ours copied into the HF model; `copy_to_marian` is
     the mapping, checked by comparing the two models' logits). The model is untrained, so EOS is held off for
@@ -35,6 +37,7 @@ from benchmarks.record import record  # noqa: E402
 from data.seq2seq import BOS_ID, EOS_ID, PAD_ID, encode_pairs, read_parallel, train_tokenizer  # noqa: E402
 from modeling import Transformer, TransformerConfig  # noqa: E402
 from modeling.generation import beam_search  # noqa: E402
+from tasks.seq2seq import seq2seq_loss  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "multi30k"
 
@@ -117,7 +120,8 @@ def pad(rows: list[list[int]]) -> torch.Tensor:
 
 
 def training_batches(encoded, batch_size: int, count: int, seed: int) -> list[dict]:
-    """`count` random batches of real pairs: source (B, S) + mask, decoder input and output (B, T)."""
+    """`count` random batches of real pairs as the task's data module makes them: source (B, S) + mask, target
+    (B, T + 1) <s> y </s>."""
     order = list(range(len(encoded)))
     random.Random(seed).shuffle(order)
     batches = []
@@ -125,7 +129,7 @@ def training_batches(encoded, batch_size: int, count: int, seed: int) -> list[di
         chosen = order[k * batch_size:(k + 1) * batch_size]
         src = pad([encoded.source_ids[i] for i in chosen])
         tgt = pad([encoded.target_ids[i] for i in chosen])
-        batches.append({"src": src, "src_mask": (src != PAD_ID).long(), "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:],
+        batches.append({"source_ids": src, "source_mask": (src != PAD_ID).long(), "target_ids": tgt,
                         "tokens": int((src != PAD_ID).sum() + (tgt[:, 1:] != PAD_ID).sum())})
     return batches
 
@@ -136,13 +140,14 @@ def train_step_fns(ours: Transformer, hf, label_smoothing: float, lr: float):
     hf_opt = torch.optim.AdamW(hf.parameters(), lr=lr, betas=(0.9, 0.98), fused=True)
 
     def ours_step(b):
-        ours.loss(b["src"], b["tgt_in"], b["tgt_out"], b["src_mask"], label_smoothing=label_smoothing).backward()
+        seq2seq_loss(ours, b, label_smoothing).backward()
         our_opt.step()
         our_opt.zero_grad(set_to_none=True)
 
     def hf_step(b):
-        logits = hf(input_ids=b["src"], attention_mask=b["src_mask"], decoder_input_ids=b["tgt_in"]).logits
-        F.cross_entropy(logits.view(-1, logits.size(-1)), b["tgt_out"].reshape(-1), ignore_index=PAD_ID,
+        logits = hf(input_ids=b["source_ids"], attention_mask=b["source_mask"],
+                    decoder_input_ids=b["target_ids"][:, :-1]).logits
+        F.cross_entropy(logits.view(-1, logits.size(-1)), b["target_ids"][:, 1:].reshape(-1), ignore_index=PAD_ID,
                         label_smoothing=label_smoothing).backward()
         hf_opt.step()
         hf_opt.zero_grad(set_to_none=True)
@@ -229,8 +234,9 @@ def main() -> None:
     hf.eval()
     with torch.no_grad():
         b = batches[0]
-        ours_logits = ours(b["src"], b["tgt_in"], b["src_mask"])
-        hf_logits = hf(input_ids=b["src"], attention_mask=b["src_mask"], decoder_input_ids=b["tgt_in"]).logits
+        ours_logits = ours(b["source_ids"], b["target_ids"][:, :-1], b["source_mask"])
+        hf_logits = hf(input_ids=b["source_ids"], attention_mask=b["source_mask"],
+                       decoder_input_ids=b["target_ids"][:, :-1]).logits
     gap = (ours_logits - hf_logits).abs().max().item()
     print(f"shape: {args.layers}+{args.layers} layers, width {args.hidden_size}, {args.heads} heads, "
           f"FFN {args.ffn_size}; "

@@ -32,7 +32,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
-from data.readers import read_table, read_text
+from data.readers import read_json_lines, read_table, read_text
 from data.tokenization import load_tokenizer, tokenizer_from_str
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -132,10 +132,10 @@ def _json_string_lists(path: Path, key: str, lines: list[int]) -> list[list[str]
     scalar columns only, so the lists are read here."""
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise ConfigError(f"data.references_column {key!r}: extra references need a JSON lines file, not {path.name}")
-    text_lines = read_text(path).splitlines()                          # numbered as read_table numbers them
+    rows = dict(read_json_lines(path))                                 # line number -> object, as read_table
     lists = []
     for line in lines:
-        value = json.loads(text_lines[line - 1]).get(key, [])
+        value = rows[line].get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
             raise DataError(f"{path}, line {line}: {key!r} must be a list of non-empty strings")
         lists.append([v.strip() for v in value])
@@ -307,8 +307,8 @@ class Seq2SeqDataModule(TaskDataModule):
                  test_file: Optional[SplitFiles] = None, predict_file: Optional[str] = None,
                  source_column: str = "source", target_column: str = "target",
                  references_column: Optional[str] = None, tokenizer: Optional[str] = None, vocab_size: int = 8000,
-                 tokenizer_model: str = "bpe", min_frequency: int = 2, max_source_length: Optional[int] = 256,
-                 max_target_length: Optional[int] = 256, min_length: int = 1, max_length: Optional[int] = None,
+                 tokenizer_model: str = "bpe", min_frequency: int = 2, max_source_length: int = 256,
+                 max_target_length: int = 256, min_length: int = 1, max_length: Optional[int] = None,
                  max_ratio: Optional[float] = None, max_tokens: Optional[int] = None, group_by_length: bool = True,
                  cache_dir: Optional[str] = ".cache/seq2seq", **kwargs):
         """

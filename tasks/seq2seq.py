@@ -174,7 +174,7 @@ class Seq2SeqTask(Task):
                                                      "pad_token_id": pad, **overrides}))
         for key in ("max_source_length", "max_target_length"):
             length = getattr(data, key)
-            if length is None or length > model.config.max_positions:
+            if length > model.config.max_positions:
                 raise ConfigError(f"data.{key} {length}: the model has {model.config.max_positions} positions")
         settings = {"pretrained": hp.pretrained, "decoder_init": hp.decoder_init if hp.pretrained else "scratch",
                     "max_source_length": data.max_source_length, "max_target_length": data.max_target_length}
@@ -264,18 +264,18 @@ class Seq2SeqTask(Task):
         self._hypotheses: list[tuple[Tensor, Tensor]] = []           # (index, generated ids) of this process
 
     def _evaluate(self, batch: dict, stage: str) -> None:
-        tokens = int((batch["target_ids"][:, 1:] != self.specials.pad).sum())
-        self.losses[stage].update(seq2seq_loss(self.model, batch, self.hparams.label_smoothing), tokens)
+        """The loss (token-weighted), then decode the batch and score it against its references."""
         hp = self.hparams
+        tokens = int((batch["target_ids"][:, 1:] != self.specials.pad).sum())
+        self.losses[stage].update(seq2seq_loss(self.model, batch, hp.label_smoothing), tokens)
         beam_size = hp.beam_size if stage == "test" else None if hp.val_beam_size == 1 else hp.val_beam_size
-        generated = self.generate_ids(batch["source_ids"], batch["source_mask"], beam_size)
+        generated = self.generate_ids(batch["source_ids"], batch["source_mask"], beam_size)   # (B, n)
         examples = self.trainer.datamodule.examples(stage)
         references = [examples.references[i] for i in batch["index"].tolist()]
         self.update_scores(self.scores[stage], self.texts(generated), references)
-        if stage == "test":
-            width = self.hparams.max_new_tokens
-            self._hypotheses.append((batch["index"], nn.functional.pad(generated, (0, width - generated.size(1)),
-                                                                       value=self.specials.pad)))
+        if stage == "test":                           # kept for test_hypotheses.txt, padded to one width
+            padded = nn.functional.pad(generated, (0, hp.max_new_tokens - generated.size(1)), value=self.specials.pad)
+            self._hypotheses.append((batch["index"], padded))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")
