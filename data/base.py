@@ -74,6 +74,24 @@ class TaskDataModule(pl.LightningDataModule):
             self.labels = list(blueprint.labels)
 
     # ---- loaders ------------------------------------------------------------------------------------------------
+    def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:
+        """The loader of one split ("train", "val", "test", "predict"): what the four Lightning hooks below return.
+        A module whose splits differ only in their data writes this; one whose splits differ more (lm, pretrain)
+        writes the hooks instead."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither split_loader nor its *_dataloader hooks")
+
+    def train_dataloader(self) -> DataLoader:
+        return self.split_loader("train", train=True, keep_order=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.split_loader("val", train=False, keep_order=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.split_loader("test", train=False, keep_order=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.split_loader("predict", train=False, keep_order=True)      # input order: outputs line up
+
     def loader(self, dataset: Dataset, lengths: Sequence[int], collate: Callable, *, train: bool,
                max_tokens: Optional[int] = None, group_by_length: bool = True, keep_order: bool = False,
                batch_size: Optional[int] = None) -> DataLoader:

@@ -242,24 +242,12 @@ class ClassificationDataModule(TaskDataModule):
                            *texts)
 
     # ---- loaders ------------------------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool = False, keep_order: bool = False) -> DataLoader:
+    def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:
         data = self._encoded_split(split)
         pad = self.tokenizer.token_to_id("[PAD]") or 0
         collate = pad_collate({"input_ids": pad, "token_type_ids": 0})
-        return self.loader(data, data.lengths, collate, train=train, group_by_length=self.hparams.group_by_length,
-                           keep_order=keep_order)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", keep_order=True)
+        return self.loader(data, data.lengths, collate, train=train, keep_order=keep_order,
+                           group_by_length=self.hparams.group_by_length or not train)
 
     def predict_text(self, index: int) -> dict:
         """The input row `index` of the predict file (for the prediction output)."""

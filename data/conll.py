@@ -399,23 +399,12 @@ class CoNLLDataModule(TaskDataModule):
                                                  label_all_subtokens=h.label_all_subtokens and split == "train")
         return self.sentences[split], self._windows[split]
 
-    def _loader(self, split: str, **kwargs) -> DataLoader:
+    def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:
+        """Predict keeps file order: the task writes each sentence's entities once all its windows are predicted."""
         _, windows = self.examples(split)
         return self.loader([window_example(w) for w in windows], [len(w.input_ids) for w in windows],
-                           collate_windows, **kwargs)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True, group_by_length=self.hparams.group_by_length)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        # file order: the task writes each sentence's entities as soon as all its windows are predicted
-        return self._loader("predict", train=False, keep_order=True)
+                           collate_windows, train=train, keep_order=keep_order,
+                           group_by_length=self.hparams.group_by_length or not train)
 
 
 def entities_json(sentence: Sentence, tags: list[str]) -> dict:

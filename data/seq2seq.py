@@ -470,7 +470,7 @@ class Seq2SeqDataModule(TaskDataModule):
         self._encoded[split] = encoded
         return encoded
 
-    def _loader(self, split: str, train: bool = False, keep_order: bool = False) -> DataLoader:
+    def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:
         encoded = self.encoded(split)
         pad = encoded.specials.pad
         if split == "predict":
@@ -488,15 +488,3 @@ class Seq2SeqDataModule(TaskDataModule):
                               f"tokens); raise it, or lower data.max_source_length / data.max_target_length")
         return self.loader(rows, lengths, collate, train=train, max_tokens=budget, keep_order=keep_order,
                            group_by_length=self.hparams.group_by_length or not train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", keep_order=True)

@@ -521,22 +521,10 @@ class SquadDataModule(TaskDataModule):
         return content_key(self.tokenizer.to_str(), json.dumps(self._window_settings()), json.dumps(content))
 
     # ---- loaders ----------------------------------------------------------------------------------------------
-    def _loader(self, split: str, **kwargs) -> DataLoader:
+    def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:
+        """Predict keeps file order: the task writes each question's answer once all its windows are predicted."""
         _, windows = self.examples(split)
         pad = self.tokenizer.token_to_id("[PAD]") or 0
         return self.loader([window_example(i, w) for i, w in enumerate(windows)],
                            [len(w.input_ids) for w in windows], pad_collate({"input_ids": pad, "token_type_ids": 0}),
-                           **kwargs)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True, group_by_length=self.hparams.group_by_length)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        # file order: the task writes each question's answer as soon as all its windows are predicted
-        return self._loader("predict", train=False, keep_order=True)
+                           train=train, keep_order=keep_order, group_by_length=self.hparams.group_by_length or not train)
