@@ -377,17 +377,27 @@ def test_seq2seq_checkpoint_exports_marian_and_a_tokenizer_that_ends_sources_wit
     assert (config["decoder_start_token_id"], config["eos_token_id"]) == (1, 2)      # <s>, </s>
 
 
-def test_translate_is_marian_with_the_same_logits(tmp_path_factory, tmp_path, capsys):
-    from tasks.seq2seq import TranslationTask
-    ckpt = fit(tmp_path_factory, "translate")
+def seq2seq_examples(task: str) -> tuple[list[str], list[str]]:
+    """Six real (source, target) pairs of the task's fixtures: Multi30k sentences, or AESLC emails' first lines."""
+    if task == "translate":
+        val = read_parallel(FIXTURES / "multi30k_val_head.de", FIXTURES / "multi30k_val_head.en")
+        return val.sources[:6], val.targets[:6]
+    table = read_table(FIXTURES / "aeslc_dev_head.jsonl", ["email", "subject"])
+    return [email.splitlines()[0] for email in table["email"][:6]], table["subject"][:6]
+
+
+@pytest.mark.parametrize("task", ["translate", "summarize"])
+def test_seq2seq_task_is_marian_with_the_same_logits(task, tmp_path_factory, tmp_path, capsys):
+    from tasks.seq2seq import SummarizationTask, TranslationTask
+    ckpt = fit(tmp_path_factory, task)
     out = tmp_path / "hf"
-    assert "MarianMTModel" in export_cli("translate", ckpt, out, capsys)
-    ours = TranslationTask.load_from_checkpoint(ckpt, map_location="cpu").eval().model
+    assert "MarianMTModel" in export_cli(task, ckpt, out, capsys)
+    task_class = TranslationTask if task == "translate" else SummarizationTask
+    ours = task_class.load_from_checkpoint(ckpt, map_location="cpu").eval().model
     theirs = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(out)).eval()
-    val = read_parallel(FIXTURES / "multi30k_val_head.de", FIXTURES / "multi30k_val_head.en")
     tokenizer = tokenizer_from_str(read_checkpoint(ckpt)["task"]["tokenizer"])
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
-    sources, targets = val.sources[:6], val.targets[:6]
+    sources, targets = seq2seq_examples(task)
     assert [hf_tokenizer(s)["input_ids"] for s in sources] == encode_pairs(tokenizer, sources, targets).source_ids
     src, src_mask, tgt, tgt_mask = seq2seq_batch(tokenizer, sources, targets)
     with torch.no_grad():
