@@ -41,6 +41,12 @@ def require_shared(*parts: str) -> Path:
 
 
 @pytest.fixture
+def no_wandb(monkeypatch):
+    """In-process runs log to CSV only (tests run with one torch thread already: see the top of this file)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+@pytest.fixture
 def shared_data():
     return require_shared
 

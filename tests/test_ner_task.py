@@ -24,20 +24,12 @@ def built(pretrained, labels=("O", "B-PER", "I-PER"), **kwargs) -> NERTask:
     return task
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The default config (2-layer BERT over the fixture vocabulary) trained long enough to tag entities."""
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("ner_fit")
     code = run.main(["ner", "fit", "--wandb", "false", "--trainer.max_epochs", "10", "--model.lr", "3e-3", "--run_dir", str(run_dir),
                      "--trainer.enable_progress_bar", "false"])

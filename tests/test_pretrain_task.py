@@ -41,19 +41,12 @@ def data_module(cache_dir, **kwargs) -> PretrainDataModule:
     return PretrainDataModule(**{**settings, **kwargs})
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The default config fit for one epoch (about 40 steps): its run directory."""
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("pretrain") / "fit"
     assert run.main(fit_args(run_dir, "--trainer.max_epochs", "1")) == 0
     return run_dir

@@ -26,20 +26,13 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 SETTINGS = dict(max_length=128, doc_stride=32, max_query_length=32)   # configs/qa/default.yaml's
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The default config (2-layer BERT, articles 0-1 of the fixture) trained until it answers its training
     questions: its run directory."""
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("qa_fit")
     assert run.main(["qa", "fit", "--wandb", "false", "--trainer.max_epochs", "8", "--model.lr", "3e-3", "--run_dir", str(run_dir),
                      "--data.cache_dir", str(run_dir / "cache"), *QUIET]) == 0
