@@ -103,6 +103,8 @@ class TaskDataModule(pl.LightningDataModule):
                                        max_tokens=max_tokens, shuffle=train,
                                        group_by_length=group_by_length and not keep_order, seed=self.seed,
                                        **({"num_replicas": 1, "rank": 0} if keep_order else {}))
+        if train and self.trainer is not None:
+            sampler.follow(lambda: self.trainer.current_epoch)
         if train and self._resume is not None:
             sampler.skip_batches(*self._resume)
             self._resume = None

@@ -17,7 +17,7 @@ resumed run sees exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Iterator, Optional
 
 import torch
@@ -47,10 +47,18 @@ class LengthGroupedSampler(Sampler[list[int]]):
         self.rank = default_rank if rank is None else rank
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
+        self._current_epoch: Optional[Callable[[], int]] = None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch (through `sampler`)."""
         self.epoch = epoch
+
+    def follow(self, current_epoch: Callable[[], int]) -> None:
+        """Take the epoch from `current_epoch()` at the start of every pass instead of `set_epoch`. Lightning (2.6)
+        passes set_epoch a count that runs one ahead of its current_epoch after a resume from a checkpoint written
+        at the last batch of an epoch (e.g. after the epoch's validation): the resumed run would skip an epoch's
+        order."""
+        self._current_epoch = current_epoch
 
     @property
     def sampler(self) -> "LengthGroupedSampler":
@@ -109,6 +117,8 @@ class LengthGroupedSampler(Sampler[list[int]]):
         self._skip = (epoch, n) if n > 0 else None
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self._current_epoch is not None:
+            self.epoch = self._current_epoch()
         batches = self.rank_batches()
         if self._skip is not None and self._skip[0] == self.epoch:
             batches = batches[self._skip[1]:]

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import run
-from benchmarks.kill_resume import (Child, Reference, fit_argv, reference_run, run_to_end, run_trial,
-                                    unreadable_checkpoints)
+from benchmarks.kill_resume import (EPOCH, Child, Reference, fit_argv, has_epochs, reference_run, run_to_end,
+                                    run_trial, unreadable_checkpoints)
 from tasks.base import TRACE_SAMPLES_ENV
 from tasks.checkpoint import AtomicCheckpointIO, read_checkpoint
 
@@ -59,6 +59,16 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_result(t
     trial = run_trial(uninterrupted(task), tmp_path, "write", 5, fork=True)
     assert trial.passed, f"{task}: " + "; ".join(trial.problems)
     assert trial.partial_bytes and trial.resumed_from == 5, trial             # the half-written one was not used
+
+
+@pytest.mark.parametrize("task", one_fast([t for t in run.TASKS if has_epochs(t)]))
+def test_killed_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(task, uninterrupted, tmp_path):
+    """SIGKILL once the second epoch's first step has begun: last.ckpt is the one written after the first epoch's
+    last batch and validation, and the resumed run trains the second epoch in the second epoch's order (Lightning
+    alone would hand the sampler the third epoch's number)."""
+    trial = run_trial(uninterrupted(task), tmp_path, "kill", EPOCH, fork=True)
+    assert trial.passed, f"{task}: " + "; ".join(trial.problems)
+    assert trial.resumed_from == EPOCH, trial
 
 
 @pytest.mark.parametrize("task", one_fast(run.TASKS))
