@@ -176,9 +176,11 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self.terminated = trainer.received_sigterm      # Lightning raises SIGTERMException after this hook
         step = trainer.global_step
         stopping = trainer.should_stop or 0 < trainer.max_steps <= step
-        if (stopping and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch) or self.terminated:
-            self.save(trainer)                      # inside the epoch: the state on_train_end would see is not;
-            self._stop_saved = True                 # SIGTERM: on_train_end never comes
+        if stopping or self.terminated:
+            # the state at the stop: on_train_end's would count an unfinished epoch as done, and one that ended at
+            # this batch twice (a resume would skip an epoch); SIGTERM: on_train_end never comes
+            self.save(trainer)
+            self._stop_saved = True
         elif self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
             self.save(trainer)
 

@@ -62,12 +62,13 @@ def test_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_result(t
 
 
 @pytest.mark.parametrize("task", one_fast([t for t in run.TASKS if has_epochs(t)]))
-def test_killed_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(task, uninterrupted, tmp_path):
-    """SIGKILL once the second epoch's first step has begun: last.ckpt is the one written after the first epoch's
-    last batch and validation, and the resumed run trains the second epoch in the second epoch's order (Lightning
-    alone would hand the sampler the third epoch's number)."""
-    trial = run_trial(uninterrupted(task), tmp_path, "kill", EPOCH, fork=True)
-    assert trial.passed, f"{task}: " + "; ".join(trial.problems)
+@pytest.mark.parametrize("kind, step", [("kill", EPOCH), ("sigint", EPOCH - 1)], ids=["kill", "sigint"])
+def test_stopped_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(task, kind, step, uninterrupted, tmp_path):
+    """SIGKILL once the second epoch's first step has begun (last.ckpt: written after the first epoch's last batch
+    and validation), or Ctrl-C during the first epoch's last step (last.ckpt: the stop's): the resumed run trains the
+    second epoch in the second epoch's order (Lightning alone would hand the sampler the third epoch's number)."""
+    trial = run_trial(uninterrupted(task), tmp_path, kind, step, fork=True, validate=kind == "kill")
+    assert trial.passed, f"{task}, {kind}: " + "; ".join(trial.problems)
     assert trial.resumed_from == EPOCH, trial
 
 
