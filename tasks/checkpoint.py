@@ -130,8 +130,9 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     """Keeps `<dirpath>/last.ckpt` the newest state of the run.
 
     Saved every `every_n_steps` optimizer steps (if set), after each validation during fit, and when fit ends.
-    A run that stops inside an epoch (max_steps, max_time, Ctrl-C) is saved at its last step, before Lightning
-    counts the unfinished epoch as done, so a resumed run continues that epoch where it stopped. Ctrl-C: the first
+    A run that stops (max_steps, max_time, Ctrl-C, the last batch of max_epochs) is saved at its last step, before
+    Lightning counts the epoch as done, so a resumed run continues that epoch where it stopped, and a finished run
+    resumed with a larger max_epochs trains the next one. Ctrl-C: the first
     SIGINT asks the run to stop at the end of the current step (the state is consistent there); a second one
     interrupts at once. SIGTERM (what a cluster scheduler sends before it kills a pre-empted job): Lightning stops
     at the end of the current step, and last.ckpt is written first. (A `Checkpoint` subclass, so Lightning runs it
@@ -175,7 +176,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
             trainer.should_stop = True
         self.terminated = trainer.received_sigterm      # Lightning raises SIGTERMException after this hook
         step = trainer.global_step
-        stopping = trainer.should_stop or 0 < trainer.max_steps <= step
+        stopping = trainer.should_stop or 0 < trainer.max_steps <= step or self._last_batch_of_fit(trainer)
         if stopping or self.terminated:
             # the state at the stop: on_train_end's would count an unfinished epoch as done, and one that ended at
             # this batch twice (a resume would skip an epoch); SIGTERM: on_train_end never comes
@@ -183,6 +184,15 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
             self._stop_saved = True
         elif self.every_n_steps and step % self.every_n_steps == 0 and step != self._saved_step:
             self.save(trainer)
+
+    @staticmethod
+    def _last_batch_of_fit(trainer) -> bool:
+        """The last batch of the last epoch (max_epochs): the run ends here, and the state after it is the one to
+        keep. on_train_end's counts this epoch twice, and a run resumed from it to train longer (a larger max_epochs)
+        would start one epoch late, or not at all."""
+        max_epochs = trainer.max_epochs
+        return (max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+                and trainer.is_last_batch)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         """After a stop inside an epoch Lightning still validates, and the state after that validation says the

@@ -6,6 +6,7 @@
 - Ctrl-C (SIGINT) and SIGTERM stop at the end of the step with exit code 130 / 143 and a last.ckpt that resumes
   the same way;
 - `--trainer.max_time` stops with last.ckpt at the run's last step, and the run resumes from it;
+- a run that finished at max_epochs, resumed with a larger max_epochs, trains the next epoch in its order;
 - a NaN/inf loss stops the run with one line naming the step (exit code 1), and no checkpoint holds NaN weights;
 - a checkpoint write that dies halfway leaves the previous last.ckpt whole.
 
@@ -21,8 +22,8 @@ import pytest
 import torch
 
 import run
-from benchmarks.kill_resume import (EPOCH, Child, Reference, fit_argv, has_epochs, reference_run, run_to_end,
-                                    run_trial, unreadable_checkpoints)
+from benchmarks.kill_resume import (EPOCH, Child, Reference, fit_argv, has_epochs, read_trace, reference_run,
+                                    run_to_end, run_trial, unreadable_checkpoints)
 from tasks.base import TRACE_SAMPLES_ENV
 from tasks.checkpoint import AtomicCheckpointIO, read_checkpoint
 
@@ -70,6 +71,23 @@ def test_stopped_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(task, 
     trial = run_trial(uninterrupted(task), tmp_path, kind, step, fork=True, validate=kind == "kill")
     assert trial.passed, f"{task}, {kind}: " + "; ".join(trial.problems)
     assert trial.resumed_from == EPOCH, trial
+
+
+@pytest.mark.parametrize("task", one_fast([t for t in run.TASKS if has_epochs(t)]))
+def test_a_finished_run_resumed_with_more_epochs_trains_them_in_the_uninterrupted_order(task, uninterrupted,
+                                                                                         tmp_path):
+    """A fit that ended at max_epochs 1, resumed from last.ckpt with max_epochs 2, trains the second epoch, on the
+    uninterrupted two-epoch run's examples in its order (on_train_end's state would count the first epoch twice)."""
+    ref = uninterrupted(task)
+    run_dir, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "1"), {TRACE_SAMPLES_ENV: str(first)}, fork=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == EPOCH
+    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "2", "--ckpt_path", "last"),
+               {TRACE_SAMPLES_ENV: str(second)}, fork=True)
+    assert read_checkpoint(last)["global_step"] == 2 * EPOCH
+    seen = [(r["step"], r["index"]) for r in read_trace(first) + read_trace(second)]
+    assert seen == [(r["step"], r["index"]) for r in ref.trace[:2 * EPOCH]]
 
 
 @pytest.mark.parametrize("task", one_fast(run.TASKS))
