@@ -106,9 +106,11 @@ def blueprint(ckpt: dict, path: str | Path = "checkpoint", task: Optional[str] =
 
 
 def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The most recently written `*.ckpt` under `run_dir/checkpoints`, whatever its name (None if there is none)."""
+    """The most recently written `*.ckpt` under `run_dir/checkpoints`, whatever its name (None if there is none).
+    A tie goes to last.ckpt: a best checkpoint written in the same clock tick (a few ms on Linux) holds the state
+    after the same step's validation, and last.ckpt the one to continue from (LastCheckpoint)."""
     files = list((Path(run_dir) / "checkpoints").glob("*.ckpt"))
-    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else None
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name == LastCheckpoint.FILENAME)) if files else None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -156,11 +158,25 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self._saved_step = trainer.global_step
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._count_a_finished_epoch_once(trainer)
         if trainer.is_global_zero or trainer.world_size == 1:
             try:
                 self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
             except ValueError:                      # not the main thread: leave Ctrl-C alone
                 self._previous_handler = None
+
+    @staticmethod
+    def _count_a_finished_epoch_once(trainer) -> None:
+        """Resuming the state that validation at the end of an epoch saves (every best checkpoint; last.ckpt after a
+        validation): the epoch is `processed`, not yet `completed`. With `max_steps` set, Lightning (2.6) restarts
+        such a run by finishing that epoch again, which counts it as processed a second time, and `max_epochs` then
+        stops the run one epoch early (from the best checkpoint of epoch 0 with max_epochs 2, nothing trained).
+        Taking the count back here (after the loop's reset, before that redo) leaves it counted once."""
+        loop = trainer.fit_loop
+        progress = loop.epoch_progress
+        if loop.restarted_on_epoch_end and progress.current.processed == progress.current.completed + 1:
+            progress.current.processed -= 1
+            progress.total.processed -= 1
 
     def _on_sigint(self, signum, frame) -> None:
         self.interrupted = True

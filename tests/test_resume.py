@@ -6,7 +6,8 @@
 - Ctrl-C (SIGINT) and SIGTERM stop at the end of the step with exit code 130 / 143 and a last.ckpt that resumes
   the same way;
 - `--trainer.max_time` stops with last.ckpt at the run's last step, and the run resumes from it;
-- a run that finished at max_epochs, resumed with a larger max_epochs, trains the next epoch in its order;
+- a run that finished at max_epochs, resumed with a larger max_epochs from last.ckpt or from its best checkpoint,
+  trains the next epoch in its order;
 - a NaN/inf loss stops the run with one line naming the step (exit code 1), and no checkpoint holds NaN weights;
 - a checkpoint write that dies halfway leaves the previous last.ckpt whole.
 
@@ -86,6 +87,23 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_in_the_uninterrupte
     run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "2", "--ckpt_path", "last"),
                {TRACE_SAMPLES_ENV: str(second)}, fork=True)
     assert read_checkpoint(last)["global_step"] == 2 * EPOCH
+    seen = [(r["step"], r["index"]) for r in read_trace(first) + read_trace(second)]
+    assert seen == [(r["step"], r["index"]) for r in ref.trace[:2 * EPOCH]]
+
+
+@pytest.mark.parametrize("task", one_fast([t for t in run.TASKS if has_epochs(t)]))
+def test_the_best_checkpoint_of_a_finished_run_resumed_with_more_epochs_trains_them_in_order(task, uninterrupted,
+                                                                                             tmp_path):
+    """The same from the best checkpoint (the state after epoch 1's validation) with max_steps set, where Lightning
+    alone counts the finished epoch twice and stops an epoch early, training nothing."""
+    ref = uninterrupted(task)
+    run_dir, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "1"), {TRACE_SAMPLES_ENV: str(first)}, fork=True)
+    best = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(best) == 1 and read_checkpoint(best[0])["global_step"] == EPOCH, best
+    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "2", "--ckpt_path", str(best[0])),
+               {TRACE_SAMPLES_ENV: str(second)}, fork=True)
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2 * EPOCH
     seen = [(r["step"], r["index"]) for r in read_trace(first) + read_trace(second)]
     assert seen == [(r["step"], r["index"]) for r in ref.trace[:2 * EPOCH]]
 

@@ -102,6 +102,8 @@ def test_ckpt_path_last_finds_the_newest_checkpoint_whatever_its_name(tmp_path):
         os.utime(ckpts / name, ns=(10**9 * (i + 1), 10**9 * (i + 1)))
     (ckpts / "tmpabc").write_bytes(b"half-written")                          # a write in progress: not a .ckpt
     assert latest_checkpoint(tmp_path).name == "step=9.ckpt"
+    os.utime(ckpts / "last.ckpt", ns=(3 * 10**9, 3 * 10**9))          # the same clock tick: last.ckpt wins the tie
+    assert latest_checkpoint(tmp_path).name == "last.ckpt"
 
 
 def test_a_user_error_removes_the_run_directory_it_created_but_not_an_existing_one(tmp_path, capsys):
