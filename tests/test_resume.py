@@ -75,35 +75,24 @@ def test_stopped_at_an_epoch_boundary_resumes_to_the_uninterrupted_result(task, 
 
 
 @pytest.mark.parametrize("task", one_fast([t for t in run.TASKS if has_epochs(t)]))
-def test_a_finished_run_resumed_with_more_epochs_trains_them_in_the_uninterrupted_order(task, uninterrupted,
-                                                                                         tmp_path):
-    """A fit that ended at max_epochs 1, resumed from last.ckpt with max_epochs 2, trains the second epoch, on the
-    uninterrupted two-epoch run's examples in its order (on_train_end's state would count the first epoch twice)."""
+@pytest.mark.parametrize("resume_from", ["last", "best"])
+def test_a_finished_run_resumed_with_more_epochs_trains_them_in_the_uninterrupted_order(task, resume_from,
+                                                                                         uninterrupted, tmp_path):
+    """A fit that ended at max_epochs 1, resumed with max_epochs 2, trains the second epoch, on the uninterrupted
+    two-epoch run's examples in its order. From last.ckpt (on_train_end's state would count the first epoch twice),
+    and from the best checkpoint (the state after epoch 1's validation), where Lightning alone, with max_steps set,
+    counts the finished epoch twice and stops an epoch early, training nothing."""
     ref = uninterrupted(task)
     run_dir, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
     run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "1"), {TRACE_SAMPLES_ENV: str(first)}, fork=True)
     last = run_dir / "checkpoints" / "last.ckpt"
+    best = [p for p in last.parent.glob("*.ckpt") if p != last]
     assert read_checkpoint(last)["global_step"] == EPOCH
-    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "2", "--ckpt_path", "last"),
+    assert len(best) == 1 and read_checkpoint(best[0])["global_step"] == EPOCH, best
+    start = "last" if resume_from == "last" else str(best[0])
+    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "2", "--ckpt_path", start),
                {TRACE_SAMPLES_ENV: str(second)}, fork=True)
     assert read_checkpoint(last)["global_step"] == 2 * EPOCH
-    seen = [(r["step"], r["index"]) for r in read_trace(first) + read_trace(second)]
-    assert seen == [(r["step"], r["index"]) for r in ref.trace[:2 * EPOCH]]
-
-
-@pytest.mark.parametrize("task", one_fast([t for t in run.TASKS if has_epochs(t)]))
-def test_the_best_checkpoint_of_a_finished_run_resumed_with_more_epochs_trains_them_in_order(task, uninterrupted,
-                                                                                             tmp_path):
-    """The same from the best checkpoint (the state after epoch 1's validation) with max_steps set, where Lightning
-    alone counts the finished epoch twice and stops an epoch early, training nothing."""
-    ref = uninterrupted(task)
-    run_dir, first, second = tmp_path / "run", tmp_path / "first.jsonl", tmp_path / "second.jsonl"
-    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "1"), {TRACE_SAMPLES_ENV: str(first)}, fork=True)
-    best = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
-    assert len(best) == 1 and read_checkpoint(best[0])["global_step"] == EPOCH, best
-    run_to_end(fit_argv(task, run_dir, STEPS, "--trainer.max_epochs", "2", "--ckpt_path", str(best[0])),
-               {TRACE_SAMPLES_ENV: str(second)}, fork=True)
-    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2 * EPOCH
     seen = [(r["step"], r["index"]) for r in read_trace(first) + read_trace(second)]
     assert seen == [(r["step"], r["index"]) for r in ref.trace[:2 * EPOCH]]
 
