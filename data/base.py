@@ -5,7 +5,8 @@ A data module subclasses `TaskDataModule` and reads its files in `setup`. From t
   blueprint, and `adopt(blueprint)` (called before `setup` when a checkpoint is restored) makes the data use the
   checkpoint's tokenizer and label names, so predict, test and resume read text exactly as the model was trained;
 - `loader(...)`: the one batch sampler (length-grouped or by token budget, sharded across processes; data/batching.py)
-  with the one padding collate;
+  with the one padding collate; a training loader by token budget is rebuilt every epoch (`reload_every_epoch`),
+  because each epoch's shuffle gives it another number of batches;
 - the position inside the epoch: saved in every checkpoint, and a resumed run's first training loader starts after
   the batches already done, so no example is skipped or repeated;
 - the shared settings, checked once (a bad value is a one-line ConfigError).
@@ -105,11 +106,25 @@ class TaskDataModule(pl.LightningDataModule):
                                        **({"num_replicas": 1, "rank": 0} if keep_order else {}))
         if train and self.trainer is not None:
             sampler.follow(lambda: self.trainer.current_epoch)
+        if train and max_tokens is not None:
+            self.reload_every_epoch("with data.max_tokens each epoch has its own number of batches")
         if train and self._resume is not None:
             sampler.skip_batches(*self._resume)
             self._resume = None
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0 and train, generator=self.loader_generator())
+
+    def reload_every_epoch(self, why: str) -> None:
+        """Make Lightning build the training loader anew at every epoch's start, and take its length then: `why`
+        says what changes from epoch to epoch. Lightning reads the length once per loader and holds every epoch to
+        it: an epoch with more batches would be cut short, one with fewer would skip its validation."""
+        trainer = self.trainer
+        if trainer is None:
+            return
+        every = trainer.reload_dataloaders_every_n_epochs
+        if every not in (0, 1):
+            raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs {every}: {why}, so it must be 1")
+        trainer.reload_dataloaders_every_n_epochs = 1
 
     def loader_generator(self) -> torch.Generator:
         """A DataLoader's own generator. Every pass over a DataLoader draws its workers' base seed from it; from the

@@ -84,7 +84,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
     def global_batches(self) -> list[list[int]]:
         """All batches of this epoch, before sharding across processes; a short batch, if any, comes last."""
         n = len(self.lengths)
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = torch.Generator().manual_seed(self.seed + self.current_epoch())
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if not self.group_by_length:
             return self._cut(order.tolist())
@@ -113,20 +113,23 @@ class LengthGroupedSampler(Sampler[list[int]]):
             batches[largest:largest] = [b[:len(b) // 2], b[len(b) // 2:]]
         return batches[self.rank::w]
 
+    def current_epoch(self) -> int:
+        """The epoch whose batches this sampler gives: the followed trainer's, else the last `set_epoch`."""
+        return self._current_epoch() if self._current_epoch is not None else self.epoch
+
     def skip_batches(self, epoch: int, n: int) -> None:
         self._skip = (epoch, n) if n > 0 else None
 
     def __iter__(self) -> Iterator[list[int]]:
-        if self._current_epoch is not None:
-            self.epoch = self._current_epoch()
         batches = self.rank_batches()
-        if self._skip is not None and self._skip[0] == self.epoch:
+        if self._skip is not None and self._skip[0] == self.current_epoch():
             batches = batches[self._skip[1]:]
         self._skip = None
         yield from batches
 
     def __len__(self) -> int:
-        """Batches this process sees in a full epoch (a resumed epoch yields fewer)."""
+        """Batches this process sees in a full pass over the current epoch (a resumed epoch yields fewer). By token
+        budget the number changes from epoch to epoch, so the loader must be rebuilt (and measured) every epoch."""
         return len(self.rank_batches())
 
 

@@ -645,7 +645,7 @@ class PretrainDataModule(TaskDataModule):
         if stage in ("fit", "validate"):
             self._split_corpus()
         if stage == "fit":
-            self._reload_every_epoch()
+            self.reload_every_epoch("pretrain draws new sentence pairs every epoch")
         if stage == "test" and "test" not in self.documents:
             if not self.test_files:
                 raise DataError("pretrain test: give data.test_files (corpus files to score)")
@@ -661,16 +661,6 @@ class PretrainDataModule(TaskDataModule):
         corpus = read_corpus(self.files)
         check_pairs_possible([len(doc) for doc in corpus], [doc[0].where() if doc else "?" for doc in corpus])
         self.documents["train"], self.documents["val"] = split_heldout(corpus, self.hparams.heldout, seed=0)
-
-    def _reload_every_epoch(self) -> None:
-        """New sentence pairs every epoch need a new training loader every epoch."""
-        trainer = self.trainer
-        if trainer is None:
-            return
-        if trainer.reload_dataloaders_every_n_epochs not in (0, 1):
-            raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs {trainer.reload_dataloaders_every_n_epochs}: "
-                              f"pretrain draws new sentence pairs every epoch, so it must be 1")
-        trainer.reload_dataloaders_every_n_epochs = 1
 
     # ---- the vocabulary -----------------------------------------------------------------------------------
     def default_tokenizer(self, stored: Optional[str], pretrained: Optional[str]) -> None:

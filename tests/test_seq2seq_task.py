@@ -5,11 +5,13 @@ bad input stopping before anything is written; and the modeling pieces the task 
 keys and values projected once per batch, the label-smoothed loss that never holds all logits)."""
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from data.seq2seq import Seq2SeqDataModule, read_parallel
 from data.tokenization import tokenizer_from_str
 from modeling import Transformer, TransformerConfig
 from modeling.generation import beam_search, generate
+from tasks.base import TRACE_SAMPLES_ENV
 from tasks.rouge import ROUGE_TYPES
 from tasks.seq2seq import TranslationTask
 
@@ -88,6 +91,24 @@ def test_fit_keeps_the_best_validation_bleu_and_the_vocabulary_in_the_checkpoint
     assert len(best) == 1
     val = metrics(translate_run, "fit")
     assert val["val/bleu"] > 0 and val["val/bleu_lowercase_intl"] >= val["val/bleu"] * 0.9
+
+
+def test_every_epoch_by_token_budget_trains_on_every_pair_once_and_validates_at_its_end(tmp_path, monkeypatch):
+    """Each epoch's shuffle cuts the token budget into another number of batches. Lightning reads a loader's length
+    once and holds every epoch to it: a longer epoch was cut short (pairs never trained on), a shorter one skipped
+    its validation. The loader is now rebuilt and measured every epoch."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(TRACE_SAMPLES_ENV, str(trace))
+    run_dir = tmp_path / "run"
+    assert fit("translate", run_dir, "--trainer.max_epochs", "3", "--data.max_tokens", "300") == 0
+    steps = [json.loads(line)["index"] for line in trace.read_text().splitlines()]
+    seen = Counter(i for step in steps for i in step)
+    assert sorted(seen) == list(range(1000)) and set(seen.values()) == {3}          # every pair, once an epoch
+    with open(run_dir / "metrics.csv") as f:                     # validation rows carry the step count minus 1
+        epoch_ends = [int(row["step"]) + 1 for row in csv.DictReader(f) if row.get("val/loss")]
+    assert len(epoch_ends) == 3 and epoch_ends[-1] == len(steps)
+    per_epoch = [b - a for a, b in zip([0] + epoch_ends, epoch_ends)]
+    assert len(set(per_epoch)) == 3, f"batches per epoch {per_epoch}: the fixture should give three counts"
 
 
 def test_predict_from_the_checkpoint_alone_text_and_jsonl(translate_run, tmp_path):
