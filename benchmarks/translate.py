@@ -6,7 +6,7 @@ Records for each decoding sacreBLEU (cased, detokenised, 13a) and the literature
 international tokenisation), the sacreBLEU signature, the training time (wall and CPU seconds of `fit`, which
 includes the greedy validations) and whether beam search beat greedy on the same checkpoint.
 
-    flock /tmp/heavy.lock python benchmarks/translate.py                 # configs/translate/multi30k_base.yaml
+    flock /tmp/heavy.lock python benchmarks/translate.py                 # configs/translate/multi30k_256.yaml
     python benchmarks/translate.py --config configs/translate/default.yaml --no_record -- --trainer.max_steps 5
                                                                           # smoke test (fixtures, seconds)
 Extra run.py options after `--` apply to fit and test; the run is then not recorded.
@@ -44,7 +44,7 @@ def test(config: str, ckpt: str, beam_size: int, run_dir: Path, overrides: list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/translate/multi30k_base.yaml")
+    parser.add_argument("--config", default="configs/translate/multi30k_256.yaml")
     parser.add_argument("--run_dir", default=None)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--no_record", action="store_true", help="print only; append nothing to results.jsonl")
