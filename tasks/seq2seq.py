@@ -83,6 +83,15 @@ class Snapshots(pl.Callback):
                 old.unlink()
 
 
+class BertPart(nn.Module):
+    """A view of a warm-started Transformer's encoder in the shape tasks/optim.py's layer-wise groups read:
+    `embeddings`, `layers`, and the rest (a pre-norm stack's final LayerNorm) on top. Not part of the model."""
+
+    def __init__(self, embeddings: nn.Module, layers: nn.ModuleList, norm: nn.Module):
+        super().__init__()
+        self.embeddings, self.layers, self.norm = embeddings, layers, norm
+
+
 def fold_layers(names: list[str]) -> str:
     """Parameter names with their layer numbers folded, for the log: encoder.{0-5}.ffn.up.weight."""
     layers: dict[str, list[int]] = {}
@@ -215,6 +224,13 @@ class Seq2SeqTask(Task):
         self.model = model or Transformer(TransformerConfig(**bp.model_config))
         self.tokenizer = tokenizer_from_str(bp.tokenizer)
         self.specials: SpecialTokens = special_tokens(self.tokenizer)
+
+    def encoder(self) -> Optional[nn.Module]:
+        """Warm-started: the BERT part (the shared embedding and the encoder layers), so that `head_lr` sets the
+        decoder's learning rate (its cross-attention is new) and `layer_decay` reaches down the encoder."""
+        if not self.hparams.pretrained:
+            return None
+        return BertPart(self.model.src_embed, self.model.encoder, self.model.encoder_norm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

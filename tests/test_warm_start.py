@@ -139,3 +139,26 @@ def test_bad_input_decoder_init_pretrained_needs_a_pretrained_bert(tmp_path, cap
                      "--wandb", "false", "--data.cache_dir", str(tmp_path / "cache"), *QUIET])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run.py summarize: error:")]
     assert code == 2 and len(err) == 1 and "model.decoder_init pretrained: needs model.pretrained" in err[0]
+
+
+def test_warm_started_decoder_trains_at_head_lr_and_encoder_at_lr(minilm, tmp_path):
+    """The decoder's cross-attention starts new: `head_lr` gives the decoder its own learning rate, the BERT part
+    (shared embedding, encoder layers) keeps `lr` (with `layer_decay` down its layers); every weight in one group."""
+    run_dir = tmp_path / "run"
+    assert run.main(["summarize", "fit", "--model.pretrained", str(minilm), "--model.config",
+                     "{num_decoder_layers: 1}", "--model.lr", "1e-4", "--model.head_lr", "1e-3",
+                     "--model.layer_decay", "0.5", "--model.warmup_steps", "0", "--model.schedule", "constant",
+                     "--trainer.max_steps", "1", "--data.max_source_length", "32", "--run_dir", str(run_dir),
+                     "--wandb", "false", "--data.cache_dir", str(tmp_path / "cache"), *QUIET]) == 0
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    lr = {g["name"]: g["lr"] for g in groups}
+    assert lr["head"] == lr["head.no_decay"] == 1e-3                     # the decoder
+    assert lr["layer5"] == 1e-4 and lr["layer0"] == pytest.approx(1e-4 * 0.5 ** 5)
+    assert lr["embeddings"] == pytest.approx(1e-4 * 0.5 ** 6)
+    names = [k.removeprefix("model.") for k in ckpt["state_dict"]]
+    decoder = sum(1 for n in names if n.startswith("decoder."))
+    assert sum(len(g["params"]) for g in groups if g["name"].startswith("head")) == decoder
+    indices = [i for g in groups for i in g["params"]]
+    tensors = [n for n in names if not n.startswith("src_embed.")]   # src_embed is tgt_embed: saved under both names
+    assert len(indices) == len(set(indices)) == len(tensors)
