@@ -164,7 +164,13 @@ class Task(pl.LightningModule):
     # ---- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = task_param_groups(self, hp.lr, hp.weight_decay, self.encoder(), hp.layer_decay, hp.head_lr)
+        encoder = self.encoder()
+        if encoder is None:             # head_lr and layer_decay split encoder from head: with none, never ignore them
+            for key, value, unset in (("head_lr", hp.head_lr, None), ("layer_decay", hp.layer_decay, 1.0)):
+                if value != unset:
+                    raise ConfigError(f"model.{key} {value}: the {self.name} model has no pretrained encoder to set "
+                                      f"apart (it needs model.pretrained); remove model.{key}")
+        groups = task_param_groups(self, hp.lr, hp.weight_decay, encoder, hp.layer_decay, hp.head_lr)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=self._fused())
         total = hp.decay_steps or int(self.trainer.estimated_stepping_batches)
         if total <= 0 or total == float("inf"):

@@ -162,3 +162,16 @@ def test_warm_started_decoder_trains_at_head_lr_and_encoder_at_lr(minilm, tmp_pa
     indices = [i for g in groups for i in g["params"]]
     tensors = [n for n in names if not n.startswith("src_embed.")]   # src_embed is tgt_embed: saved under both names
     assert len(indices) == len(set(indices)) == len(tensors)
+
+
+@pytest.mark.parametrize("task", ["summarize", "lm"])
+@pytest.mark.parametrize("option", [["--model.head_lr", "0.001"], ["--model.layer_decay", "0.8"]])
+def test_bad_input_head_lr_or_layer_decay_without_a_pretrained_encoder(task, option, tmp_path, capsys):
+    """From scratch there is no encoder to set apart from the head: the option would be silently ignored."""
+    run_dir = tmp_path / "run"
+    code = run.main([task, "fit", *option, "--trainer.max_steps", "1", "--run_dir", str(run_dir), "--wandb", "false",
+                     *QUIET])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"run.py {task}: error:")]
+    assert code == 2 and len(err) == 1, err
+    assert f"{option[0][2:]} {option[1]}: the {task} model has no pretrained encoder" in err[0]
+    assert not list(run_dir.rglob("*.ckpt"))
