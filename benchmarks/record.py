@@ -21,8 +21,11 @@ RESULTS_MD = HERE / "RESULTS.md"
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True).stdout.strip()
+        # the files this module writes do not count: a run recording several rows would otherwise mark all but
+        # its first "+dirty"
+        ours = [f":(top,exclude){path.relative_to(HERE.parent)}" for path in (RESULTS_JSONL, RESULTS_MD)]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *ours],
+                               cwd=HERE, capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
