@@ -13,8 +13,8 @@ Steps, each a `run.py` command in a fresh process (printed before it runs):
 2. `pretrain validate` of the last checkpoint: the held-out MLM / NSP metrics of the final model, and
    `pretrain test` on WikiText-2 test (never trained on);
 3. the checkpoint's vocabulary written to tokenizer.json, then `classify fit` on SST-2 twice with the same recipe
-   (`--lr`, `--epochs`, `--batch_size`, `--max_length`, `--pooling`, seed 42): `--model.pretrained <checkpoint>`, and
-   `--model.config <the checkpoint's architecture>` (random weights). The dev accuracy after the last epoch counts
+   (`--lr`, `--epochs`, `--batch_size`, `--max_length`, `--pooling`, `--dropout`, seed 42): `--model.pretrained
+   <checkpoint>`, and `--model.config <the checkpoint's architecture>` (random weights), both with the same dropout. The dev accuracy after the last epoch counts
    (not the best epoch).
 """
 from __future__ import annotations
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_length", type=int, default=64)
     p.add_argument("--pooling", default="mean", choices=["cls", "mean"])
     p.add_argument("--precision", default="32-true")
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="fine-tuning dropout of both copies (the pretraining config may train without dropout)")
     p.add_argument("--run_root", default="runs/bench/pretrain_pays")
     p.add_argument("--no_record", action="store_true")
     args = p.parse_args(argv)
@@ -100,15 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     bp = blueprint(read_checkpoint(ckpt, task="pretrain"), ckpt)
     tokenizer = root / "tokenizer.json"
     tokenizer.write_text(bp.tokenizer, encoding="utf-8")
+    dropout = {"dropout": args.dropout, "attention_dropout": args.dropout}
 
     pretrained, pretrained_s = fine_tune(args, root / "sst2_pretrained", tokenizer,
-                                         ["--model.pretrained", str(ckpt), "--model.config", "null"])
+                                         ["--model.pretrained", str(ckpt), "--model.config", json.dumps(dropout)])
     scratch, scratch_s = fine_tune(args, root / "sst2_random_init", tokenizer,
-                                   ["--model.config", json.dumps(bp.model_config)])
+                                   ["--model.config", json.dumps({**bp.model_config, **dropout})])
     load = monitor.stop()
     recipe = (f"SST-2 train ({Path(args.train_file).name}), {args.epochs} epoch(s), batch {args.batch_size}, "
               f"lr {args.lr:g} (warm-up 10 %, linear), max_length {args.max_length}, {args.pooling} pooling, "
-              f"{args.precision}, seed 42")
+              f"dropout {args.dropout:g}, {args.precision}, seed 42")
     print(f"pretraining: {pretrain_s:.0f} s; held-out MLM acc {heldout['val/mlm_acc']:.4f} (loss "
           f"{heldout['val/mlm_loss']:.3f}), NSP acc {heldout['val/nsp_acc']:.4f}; WikiText-2 test MLM acc "
           f"{wikitext['test/mlm_acc']:.4f} (loss {wikitext['test/mlm_loss']:.3f})")
