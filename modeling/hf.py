@@ -421,7 +421,7 @@ def save_transformer(model: Transformer, directory: str | Path, decoder_start_to
     """Write our encoder-decoder as a MarianMTModel directory (same logits). Marian is the post-norm Transformer
     with √d-scaled embeddings and sinusoidal positions; what it cannot express is refused: pre-norm layers (no
     transformers class has them with these positions and no embedding LayerNorm), BERT-style embeddings (a
-    warm-started model: learned positions and a LayerNorm) and a LayerNorm epsilon other than its fixed 1e-5. The
+    warm-started model: learned positions and a LayerNorm), a LayerNorm epsilon other than its fixed 1e-5, and a copy layer. The
     decoder starts from `decoder_start_token_id` (our <s>)."""
     c = model.config
     if c.norm_first:
@@ -430,6 +430,8 @@ def save_transformer(model: Transformer, directory: str | Path, decoder_start_to
         raise ValueError(f"{c.embeddings!r} embeddings (learned positions + LayerNorm): MarianMTModel adds sinusoids")
     if c.layer_norm_eps != 1e-5:
         raise ValueError(f"layer_norm_eps {c.layer_norm_eps}: MarianMTModel's LayerNorms use 1e-5")
+    if c.copy:
+        raise ValueError("copy (a pointer-generator output layer): MarianMTModel has none")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = transformer_config_to_marian(c, decoder_start_token_id, eos_token_id)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .attention import KVCache, ProjectedMemory, padding_mask
 from .bert import BERT
 from .blocks import Block, DecoderBlock, run_layers
+from .copy import CopySource, PointerGenerator, smoothed_nll
 from .embeddings import BertEmbeddings, TransformerEmbedding
 from .losses import linear_cross_entropy
 
@@ -38,6 +39,8 @@ class TransformerConfig:
     # "sinusoidal": token embedding × √d_model + sinusoidal positions (the paper); "bert": token + learned position
     # (+ segment 0) embeddings, then LayerNorm, as BERT's, so that a BERT's weights can start the model
     embeddings: str = "sinusoidal"
+    # copy words from the source: a pointer-generator output layer (modeling/copy.py); needs share_embeddings
+    copy: bool = False
 
 
 def embedding_layer(c: TransformerConfig, vocab_size: int) -> nn.Module:
@@ -56,6 +59,8 @@ class Transformer(nn.Module):
         self.config = c = config
         if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
             raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size")
+        if c.copy and not c.share_embeddings:
+            raise ValueError("copy needs share_embeddings: the copied ids are source ids")
         self.tgt_embed = embedding_layer(c, c.tgt_vocab_size)
         self.src_embed = self.tgt_embed if c.share_embeddings else embedding_layer(c, c.src_vocab_size)
         layer_args = (c.hidden_size, c.num_heads, c.ffn_size, c.dropout, c.attention_dropout, c.activation,
@@ -66,6 +71,7 @@ class Transformer(nn.Module):
         final_norm = lambda: nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps, bias=c.bias)  # noqa: E731
         self.encoder_norm = final_norm() if c.norm_first else nn.Identity()
         self.decoder_norm = final_norm() if c.norm_first else nn.Identity()
+        self.copy = PointerGenerator(c.hidden_size) if c.copy else None
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -86,21 +92,37 @@ class Transformer(nn.Module):
                        checkpointing=self.config.activation_checkpointing and self.training)
         return self.decoder_norm(x)
 
+    def output(self, states: Tensor, source: CopySource | None = None) -> Tensor:
+        """(B, T, D) decoder states -> (B, T, V) next-token scores: the logits of the output layer (tied to the
+        embedding), or with `copy` the log-probabilities of the pointer-generator mixture over `source`."""
+        logits = states @ self.tgt_embed.token.weight.t()
+        return logits if self.copy is None else self.copy(states, logits, source)
+
+    def copy_source(self, memory: Tensor, src_ids: Tensor, src_mask: Tensor | None = None) -> CopySource | None:
+        """What the copy layer reads of a batch of sources; None for a model without it."""
+        return None if self.copy is None else self.copy.source(memory, src_ids, src_mask)
+
     def decode(self, tgt_ids: Tensor, memory: Tensor | ProjectedMemory, src_mask: Tensor | None = None,
-               cache: list[KVCache] | None = None) -> Tensor:
-        """(B, T) target ids so far, (B, S, D) memory -> (B, T, V) next-token logits (output tied to embedding)."""
-        return self.decoder_states(tgt_ids, memory, src_mask, cache) @ self.tgt_embed.token.weight.t()
+               cache: list[KVCache] | None = None, source: CopySource | None = None) -> Tensor:
+        """(B, T) target ids so far, (B, S, D) memory -> (B, T, V) next-token scores (`output`)."""
+        return self.output(self.decoder_states(tgt_ids, memory, src_mask, cache), source)
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
-        return self.decode(tgt_ids, self.encode(src_ids, src_mask), src_mask)
+        memory = self.encode(src_ids, src_mask)
+        return self.decode(tgt_ids, memory, src_mask, source=self.copy_source(memory, src_ids, src_mask))
 
     def loss(self, src_ids: Tensor, tgt_in: Tensor, tgt_out: Tensor, src_mask: Tensor | None = None,
              label_smoothing: float = 0.0) -> Tensor:
         """Mean cross-entropy (label-smoothed) of `tgt_out` (B, T) after reading `tgt_in` (B, T), over the target
-        tokens that are not padding. Only those positions are projected onto the vocabulary, chunk by chunk
-        (losses.linear_cross_entropy): the (B, T, V) logits are never held."""
-        states = self.decoder_states(tgt_in, self.encode(src_ids, src_mask), src_mask)       # (B, T, D)
+        tokens that are not padding. Without copying only those positions are projected onto the vocabulary, chunk
+        by chunk (losses.linear_cross_entropy): the (B, T, V) logits are never held. With copying the mixture needs
+        each position's own source, so the (B, T, V) log-probabilities are formed and the scored rows taken."""
+        memory = self.encode(src_ids, src_mask)                                              # (B, S, D)
+        states = self.decoder_states(tgt_in, memory, src_mask)                               # (B, T, D)
         scored = tgt_out != self.config.pad_token_id                                         # (B, T)
+        if self.copy is not None:
+            log_probs = self.output(states, self.copy_source(memory, src_ids, src_mask))     # (B, T, V)
+            return smoothed_nll(log_probs[scored], tgt_out[scored], label_smoothing)
         return linear_cross_entropy(states[scored], self.tgt_embed.token.weight, tgt_out[scored],
                                     label_smoothing=label_smoothing)
 
@@ -110,9 +132,13 @@ class Transformer(nn.Module):
         return [KVCache(batch_size, c.num_heads, max_len, c.hidden_size // c.num_heads, w.dtype, w.device)
                 for _ in self.decoder]
 
-    def decoder_for(self, memory: Tensor, src_mask: Tensor | None = None) -> "BoundDecoder":
-        """The decoder with its encoder output fixed, in the shape `generation` expects."""
-        return BoundDecoder(self, memory, src_mask)
+    def decoder_for(self, memory: Tensor, src_mask: Tensor | None = None,
+                    src_ids: Tensor | None = None) -> "BoundDecoder":
+        """The decoder with its encoder output fixed, in the shape `generation` expects (a copying model also needs
+        the (B, S) source ids)."""
+        if self.copy is not None and src_ids is None:
+            raise ValueError("a copying model decodes with its source ids: decoder_for(memory, src_mask, src_ids)")
+        return BoundDecoder(self, memory, src_mask, src_ids)
 
 
 class BoundDecoder:
@@ -121,8 +147,9 @@ class BoundDecoder:
     of batch × beam rows: the keys, values and mask are then repeated per beam. Its reordering of the cache never
     has to move them, since the rows of one prompt's beams hold the same memory."""
 
-    def __init__(self, model: Transformer, memory: Tensor, src_mask: Tensor | None):
+    def __init__(self, model: Transformer, memory: Tensor, src_mask: Tensor | None, src_ids: Tensor | None = None):
         self.model, self.src_mask = model, src_mask
+        self.source = model.copy_source(memory, src_ids, src_mask)
         self.memory = ProjectedMemory.project(memory, [layer.cross_attn for layer in model.decoder])
         self.rows = memory.size(0)
 
@@ -132,11 +159,13 @@ class BoundDecoder:
             self.memory = self.memory.repeat_interleave(repeat)
             if self.src_mask is not None:
                 self.src_mask = self.src_mask.repeat_interleave(repeat, dim=0)
+            if self.source is not None:
+                self.source = self.source.repeat_interleave(repeat)
             self.rows = batch_size
         return self.model.new_cache(batch_size, max_len)
 
     def __call__(self, tgt_ids: Tensor, cache: list[KVCache] | None = None) -> Tensor:
-        return self.model.decode(tgt_ids, self.memory, self.src_mask, cache)
+        return self.model.decode(tgt_ids, self.memory, self.src_mask, cache, self.source)
 
 
 # ---------------------------------------------------------------------------------------------------------

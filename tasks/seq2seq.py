@@ -256,7 +256,7 @@ class Seq2SeqTask(Task):
         None), or beam search with the decoding settings."""
         hp, s = self.hparams, self.specials
         memory = self.model.encode(source_ids, source_mask)                             # (B, S, D)
-        decoder = self.model.decoder_for(memory, source_mask)
+        decoder = self.model.decoder_for(memory, source_mask, source_ids)
         start = torch.full((source_ids.size(0), 1), s.bos, dtype=torch.long, device=source_ids.device)
         steps = min(hp.max_new_tokens, self.model.config.max_positions - 1)
         if beam_size is None:
