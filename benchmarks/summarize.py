@@ -13,6 +13,10 @@ Records each score with the training time (wall and CPU seconds of `fit`, valida
     python benchmarks/summarize.py --which scratch --scratch_config configs/summarize/default.yaml \\
         --test_file tests/fixtures/aeslc_dev_head.jsonl --no_record -- --trainer.max_steps 3     # smoke test
 Extra run.py options after `--` apply to fit and test; the run is then not recorded.
+
+    flock /tmp/heavy.lock python benchmarks/summarize.py --which minilm --retest runs/summarize/<recorded run>
+tests the best checkpoint of a recorded run again with the decoding settings the config has now (chosen on dev with
+`run.py summarize validate --model.val_beam_size ...`), recorded with that run's training time and steps.
 """
 from __future__ import annotations
 
@@ -68,6 +72,24 @@ def fit_and_test(config: str, test_file: Path, run_dir: Path, overrides: list[st
             "steps": fit["global_step"], "run_dir": str(run_dir)}
 
 
+def retest(config: str, test_file: Path, run_dir: Path) -> dict:
+    """`fit_and_test`'s result for an earlier recorded run: its best checkpoint tested again with `config`'s decoding
+    settings; the training time and steps are the ones recorded for that run."""
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results.jsonl").read_text().splitlines()]
+    row = next((r for r in reversed(rows) if r.get("run_dir") == str(run_dir.resolve())), None)
+    if row is None:
+        sys.exit(f"--retest {run_dir}: no recorded run in benchmarks/results.jsonl")
+    best = json.loads((run_dir / "fit_metrics.json").read_text())["best_checkpoint"]
+    test_dir = run_dir / f"retest_{int(time.time())}"
+    if run.main(["summarize", "test", "--config", config, "--ckpt_path", best, "--data.test_file", str(test_file),
+                 "--run_dir", str(test_dir), "--trainer.enable_progress_bar", "false"]):
+        sys.exit(2)
+    result = json.loads((test_dir / "test_scores.json").read_text())
+    return {"scores": result["scores"], "decoding": result["decoding"], "train_wall": row["wall_s"],
+            "train_cpu": row["train_cpu_s"], "steps": row["steps"], "run_dir": str(run_dir.resolve()),
+            "retest_of": {"git_commit": row["git_commit"], "date": row["date"], "decoding": row["decoding"]}}
+
+
 def show(name: str, scores: dict[str, float]) -> None:
     print(f"  {name:<8} single reference " + " ".join(f"{t} {scores[t]:5.2f}" for t in ROUGE_TYPES) +
           " | all four " + " ".join(f"{t} {scores[t + '_multi_ref']:5.2f}" for t in ROUGE_TYPES))
@@ -81,6 +103,7 @@ def main() -> None:
     parser.add_argument("--train_file", type=Path, default=DATA / "train.jsonl", help="for the lead's length")
     parser.add_argument("--test_file", type=Path, default=DATA / "test.jsonl")
     parser.add_argument("--no_record", action="store_true", help="print only; append nothing to results.jsonl")
+    parser.add_argument("--retest", type=Path, help="a recorded run directory: test its best checkpoint again")
     parser.add_argument("overrides", nargs="*", help="extra run.py options (after --); the run is then not recorded")
     args = parser.parse_args()
     which = args.which.split(",")
@@ -88,6 +111,10 @@ def main() -> None:
     stamp = int(time.time())
     recording = not (args.no_record or args.overrides)
     command = f"flock /tmp/heavy.lock python benchmarks/summarize.py --which {args.which}"
+    if args.retest:
+        if len(which) != 1 or which[0] == "lead":
+            sys.exit("--retest: name the one kind of model it ran, --which scratch or --which minilm")
+        command += f" --retest {args.retest}"
 
     print(f"AESLC test: {args.test_file}")
     if "lead" in which:
@@ -101,8 +128,12 @@ def main() -> None:
     for kind, config in (("scratch", args.scratch_config), ("minilm", args.minilm_config)):
         if kind not in which:
             continue
-        run_dir = ROOT / "runs" / "summarize" / f"bench_{Path(config).stem}_{stamp}"
-        result = fit_and_test(config, args.test_file, run_dir, args.overrides)
+        if args.retest:
+            run_dir = args.retest
+            result = retest(config, args.test_file, run_dir)
+        else:
+            run_dir = ROOT / "runs" / "summarize" / f"bench_{Path(config).stem}_{stamp}"
+            result = fit_and_test(config, args.test_file, run_dir, args.overrides)
         show(kind, result["scores"])
         print(f"           training {result['train_wall']:.0f} s wall, {result['train_cpu']:.0f} s CPU, "
               f"{result['steps']} steps ({run_dir})")
@@ -114,7 +145,8 @@ def main() -> None:
                    baseline=baseline if metric in quoted else None, baseline_value=quoted.get(metric),
                    train_cpu_s=round(result["train_cpu"], 1), steps=result["steps"], decoding=result["decoding"],
                    threads=torch.get_num_threads(), run_dir=result["run_dir"],
-                   load_avg_end=round(os.getloadavg()[0], 2))
+                   load_avg_end=round(os.getloadavg()[0], 2),
+                   **({"retest_of": result["retest_of"]} if "retest_of" in result else {}))
     if not recording:
         print("not recorded" + (" (extra overrides given)" if args.overrides else ""))
 
