@@ -14,8 +14,8 @@ Steps, each a `run.py` command in a fresh process (printed before it runs):
    `pretrain test` on WikiText-2 test (never trained on);
 3. the checkpoint's vocabulary written to tokenizer.json, then `classify fit` on SST-2 twice with the same recipe
    (`--lr`, `--epochs`, `--batch_size`, `--max_length`, `--pooling`, `--dropout`, seed 42): `--model.pretrained
-   <checkpoint>`, and `--model.config <the checkpoint's architecture>` (random weights), both with the same dropout. The dev accuracy after the last epoch counts
-   (not the best epoch).
+   <checkpoint>`, and `--model.config <the checkpoint's architecture>` (random weights), both with the same dropout.
+   The dev accuracy after the last epoch counts (not the best epoch).
 """
 from __future__ import annotations
 

@@ -13,11 +13,12 @@ so greedy, sampling and beam search read it as they read logits.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .attention import attention_weights, padding_mask
 
 
 @dataclass
@@ -26,7 +27,7 @@ class CopySource:
     memory: Tensor              # (B, S, D) encoder output
     keys: Tensor                # (B, S, D) memory W_k
     ids: Tensor                 # (B, S) source token ids
-    mask: Tensor | None         # (B, S) True = real token, None when nothing is padded
+    mask: Tensor | None         # (B, 1, 1, S) True = real token, None when nothing is padded
 
     def repeat_interleave(self, repeats: int) -> "CopySource":
         """Each batch row `repeats` times in a row (beam search: one copy per beam)."""
@@ -43,15 +44,12 @@ class PointerGenerator(nn.Module):
 
     def source(self, memory: Tensor, src_ids: Tensor, src_mask: Tensor | None) -> CopySource:
         """(B, S, D) memory, (B, S) ids and 1 = real token -> the projected source."""
-        mask = None if src_mask is None or bool(src_mask.all()) else src_mask.bool()
-        return CopySource(memory, self.key(memory), src_ids, mask)
+        return CopySource(memory, self.key(memory), src_ids, padding_mask(src_mask))
 
     def attention(self, states: Tensor, source: CopySource) -> Tensor:
         """(B, T, D) decoder states -> (B, T, S) copy attention a_t."""
-        scores = self.query(states) @ source.keys.transpose(1, 2) / math.sqrt(states.size(-1))    # (B, T, S)
-        if source.mask is not None:
-            scores = scores.masked_fill(~source.mask[:, None, :], float("-inf"))
-        return scores.softmax(dim=-1)
+        q, k = self.query(states)[:, None], source.keys[:, None]                    # one head: (B, 1, T|S, D)
+        return attention_weights(q, k, source.mask)[:, 0]                            # softmax(q kᵀ / √D)
 
     def forward(self, states: Tensor, vocab_logits: Tensor, source: CopySource) -> Tensor:
         """(B, T, D) decoder states, (B, T, V) output-layer logits -> (B, T, V) log P of the mixture."""
@@ -62,12 +60,3 @@ class PointerGenerator(nn.Module):
         src_ids = source.ids[:, None, :].expand(-1, states.size(1), -1)               # (B, T, S)
         probs = probs.scatter_add(-1, src_ids, (1 - p_gen) * attn)                    # + copy mass per source id
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-
-
-def smoothed_nll(log_probs: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Mean over N rows of (N, V) log-probabilities against (N,) targets, label-smoothed as
-    `F.cross_entropy(..., label_smoothing=ε)`: (1 − ε) · (−log p_y) + ε · mean_w(−log p_w)."""
-    nll = -log_probs.gather(1, target[:, None]).squeeze(1)                            # (N,)
-    if label_smoothing == 0.0:
-        return nll.mean()
-    return ((1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1)).mean()

@@ -421,8 +421,8 @@ def save_transformer(model: Transformer, directory: str | Path, decoder_start_to
     """Write our encoder-decoder as a MarianMTModel directory (same logits). Marian is the post-norm Transformer
     with √d-scaled embeddings and sinusoidal positions; what it cannot express is refused: pre-norm layers (no
     transformers class has them with these positions and no embedding LayerNorm), BERT-style embeddings (a
-    warm-started model: learned positions and a LayerNorm), a LayerNorm epsilon other than its fixed 1e-5, and a copy layer. The
-    decoder starts from `decoder_start_token_id` (our <s>)."""
+    warm-started model: learned positions and a LayerNorm), a LayerNorm epsilon other than its fixed 1e-5, and a
+    copy layer. The decoder starts from `decoder_start_token_id` (our <s>)."""
     c = model.config
     if c.norm_first:
         raise ValueError("a pre-norm Transformer (norm_first) has no transformers class: MarianMTModel is post-norm")

@@ -70,3 +70,12 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, ignore
                   for h, y in zip(hidden.split(chunk_size), targets.split(chunk_size))]
         return torch.stack(losses).sum() / (targets != ignore_index).sum().clamp(min=1)
     return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk_size, label_smoothing)
+
+
+def smoothed_nll(log_probs: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean over N rows of (N, V) log-probabilities against (N,) targets, label-smoothed as
+    `F.cross_entropy(..., label_smoothing=ε)`: (1 − ε) · (−log p_y) + ε · mean_w(−log p_w)."""
+    nll = -log_probs.gather(1, target[:, None]).squeeze(1)                            # (N,)
+    if label_smoothing == 0.0:
+        return nll.mean()
+    return ((1 - label_smoothing) * nll - label_smoothing * log_probs.mean(dim=-1)).mean()

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from .attention import KVCache, ProjectedMemory, padding_mask
 from .bert import BERT
 from .blocks import Block, DecoderBlock, run_layers
-from .copy import CopySource, PointerGenerator, smoothed_nll
+from .copy import CopySource, PointerGenerator
 from .embeddings import BertEmbeddings, TransformerEmbedding
-from .losses import linear_cross_entropy
+from .losses import linear_cross_entropy, smoothed_nll
 
 EMBEDDINGS = ("sinusoidal", "bert")
 

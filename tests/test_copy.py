@@ -13,7 +13,7 @@ from conftest import FIXTURES
 
 import run
 from modeling import Transformer, TransformerConfig
-from modeling.copy import smoothed_nll
+from modeling.losses import smoothed_nll
 from modeling.generation import beam_search, generate
 from modeling.hf import save_transformer
 
