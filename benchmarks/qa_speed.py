@@ -51,7 +51,6 @@ class LoopRounds:
         self.model = BertForQuestionAnswering.from_pretrained(model_dir).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config["model"]["lr"])
         self.batches = self._batches(config["data"]["batch_size"])
-        self.batch_size = config["data"]["batch_size"]
 
     def _batches(self, batch_size: int):
         while True:
