@@ -2,13 +2,17 @@
 
 For each model: a training step (forward + backward + AdamW) and inference (forward, no grad), ours (eager and
 torch.compile) against Hugging Face (eager and sdpa attention, the better one is the baseline), with the same
-configuration, batch, precision (float32) and dropout. Then GPT greedy decoding: with and without our KV cache,
-and `transformers.generate` on the same weights. Prints tokens/s, our/HF ratios, and achieved FLOP/s as a fraction
-of this machine's float32 matmul peak measured in the same run.
+configuration, batch, precision and dropout. Then GPT greedy decoding: with and without our KV cache, and
+`transformers.generate` on the same weights. Prints tokens/s, our/HF ratios, and achieved FLOP/s as a fraction of
+this machine's matmul peak (in the same precision) measured in the same run.
 
     python benchmarks/throughput.py            # full run (~15 min on 2 CPU cores), appends to results.jsonl
     python benchmarks/throughput.py --quick    # tiny shapes, smoke test, records nothing
     python benchmarks/throughput.py --only bert --no-compile   # one model, records nothing
+    python benchmarks/throughput.py --device cuda --precision bf16 --shapes base   # on a GPU: BERT-base, GPT-2 small
+
+On a GPU every timed call ends with `torch.cuda.synchronize()`; `--precision bf16` runs every variant, ours and
+HF's, under `torch.autocast(dtype=torch.bfloat16)` with float32 weights (as Lightning's `bf16-mixed`).
 
 Each variant is timed `--rounds` times in turns (ours, HF eager, HF sdpa, ours, ...), each time the median of
 `--repeat` steps after `--warmup`; the best of the rounds counts.
@@ -16,6 +20,7 @@ Each variant is timed `--rounds` times in turns (ours, HF eager, HF sdpa, ours, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -31,15 +36,32 @@ from modeling import BERT, GPT, BertConfig, GPTConfig  # noqa: E402
 from modeling.generation import generate  # noqa: E402
 from modeling.hf import save_gpt2  # noqa: E402
 
+DEVICE = torch.device("cpu")
+DTYPE = torch.float32                       # the autocast dtype; float32 = no autocast
+
+
+def autocast():
+    """Mixed precision for every variant alike (a no-op in float32)."""
+    if DTYPE == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(DEVICE.type, dtype=DTYPE)
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
 
 def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = (torch.randn(n, n, device=DEVICE, dtype=DTYPE) for _ in range(2))
     for _ in range(3):
         a @ b
     best, start = 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
+        synchronize()
         t = time.perf_counter()
         a @ b
+        synchronize()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
     return best
 
@@ -49,8 +71,11 @@ def seconds_per_call(fn, warmup: int, repeat: int) -> float:
         fn()
     times = []
     for _ in range(repeat):
+        synchronize()
         t = time.perf_counter()
-        fn()
+        with autocast():
+            fn()
+        synchronize()
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]                                   # median
 
@@ -69,14 +94,14 @@ def flops_per_token(n_matmul: int, layers: int, seq_len: int, d: int, train: boo
 def bert_steps(shape, compile_ours: bool):
     from transformers import BertConfig as HFConfig, BertForSequenceClassification
     B, T, layers, d, heads, ff = shape
-    x = torch.randint(1000, 30000, (B, T))
-    mask = torch.ones(B, T, dtype=torch.long)
-    y = torch.randint(0, 2, (B,))
+    x = torch.randint(1000, 30000, (B, T), device=DEVICE)
+    mask = torch.ones(B, T, dtype=torch.long, device=DEVICE)
+    y = torch.randint(0, 2, (B,), device=DEVICE)
     config = BertConfig(num_layers=layers, hidden_size=d, num_heads=heads, ffn_size=ff)
     steps = {}
 
     def ours(compiled: bool):
-        bert, head = BERT(config), torch.nn.Linear(d, 2)
+        bert, head = BERT(config).to(DEVICE), torch.nn.Linear(d, 2, device=DEVICE)
         params = list(bert.parameters()) + list(head.parameters())
         opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
 
@@ -102,7 +127,7 @@ def bert_steps(shape, compile_ours: bool):
 
     def hf(impl: str):
         model = BertForSequenceClassification(HFConfig(num_hidden_layers=layers, hidden_size=d, num_attention_heads=heads,
-                                                       intermediate_size=ff, attn_implementation=impl))
+                                                       intermediate_size=ff, attn_implementation=impl)).to(DEVICE)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def train():
@@ -128,13 +153,13 @@ def bert_steps(shape, compile_ours: bool):
 def gpt_steps(shape, compile_ours: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
     B, T, layers, d, heads, vocab = shape
-    x = torch.randint(0, vocab, (B, T))
-    targets = torch.cat([x[:, 1:], torch.full((B, 1), -100)], dim=1)        # same T-1 scored tokens as HF's shift
+    x = torch.randint(0, vocab, (B, T), device=DEVICE)
+    targets = torch.cat([x[:, 1:], torch.full((B, 1), -100, device=DEVICE)], dim=1)        # same T-1 scored tokens as HF's shift
     config = GPTConfig(vocab_size=vocab, max_positions=1024, num_layers=layers, num_heads=heads, hidden_size=d, dropout=0.1)
     steps = {}
 
     def ours(compiled: bool):
-        gpt = GPT(config)
+        gpt = GPT(config).to(DEVICE)
         opt = torch.optim.AdamW(gpt.parameters(), lr=1e-4, fused=True)
         loss_fn = torch.compile(gpt.loss) if compiled else gpt.loss
 
@@ -154,7 +179,7 @@ def gpt_steps(shape, compile_ours: bool):
 
     def hf(impl: str):
         model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=d, n_layer=layers, n_head=heads,
-                                           attn_implementation=impl))
+                                           attn_implementation=impl)).to(DEVICE)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         n = sum(m.weight.numel() for m in model.modules() if type(m).__name__ == "Conv1D") + vocab * d
 
@@ -206,8 +231,9 @@ def generation(args, results: dict):
     gpt = GPT(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         save_gpt2(gpt, tmp)
-        hf = GPT2LMHeadModel.from_pretrained(tmp).eval()
-    prompt = torch.randint(0, vocab, (1, 16))
+        hf = GPT2LMHeadModel.from_pretrained(tmp).eval().to(DEVICE)
+    gpt = gpt.to(DEVICE)
+    prompt = torch.randint(0, vocab, (1, 16), device=DEVICE)
     new = args.new_tokens
     timings = {
         "ours, KV cache": lambda: generate(gpt, prompt, new),
@@ -215,7 +241,8 @@ def generation(args, results: dict):
         "HF generate": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new,
                                            min_new_tokens=new, do_sample=False, pad_token_id=0),
     }
-    same = torch.equal(generate(gpt, prompt, new), timings["HF generate"]())
+    with autocast():
+        same = torch.equal(generate(gpt, prompt, new), timings["HF generate"]())
     print(f"\n## GPT greedy decoding: {new} new tokens after a 16-token prompt (same tokens as HF: {same})")
     for name, fn in timings.items():
         sec = seconds_per_call(fn, 1, args.gen_repeat)
@@ -236,15 +263,26 @@ def main():
                         help="each variant is timed this many times, in turns; the best median counts")
     parser.add_argument("--only", choices=("bert", "gpt"), default=None,
                         help="one model's training and inference only (no generation); records nothing")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: every variant under torch.autocast(bfloat16), float32 weights")
+    parser.add_argument("--shapes", choices=("small", "base"), default="small",
+                        help="small: MiniLM's shape (BERT b32xT128, 6L-384d; GPT b8xT256); base: BERT-base "
+                             "b32xT512 12L-768d and GPT-2 small b8xT1024, GPU-sized")
     args = parser.parse_args()
+    global DEVICE, DTYPE
+    DEVICE, DTYPE = torch.device(args.device), {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     if args.quick:
         args.warmup, args.repeat, args.new_tokens, args.gen_repeat = 1, 2, 16, 1
     torch.manual_seed(0)
     start = time.time()
-    peak = matmul_peak(512 if args.quick else 2048, 1.0 if args.quick else 3.0)
-    print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    bert_shape = (4, 32, 2, 96, 12, 384) if args.quick else (32, 128, 6, 384, 12, 1536)
-    gpt_shape = (2, 32, 2, 96, 6, 1000) if args.quick else (8, 256, 6, 384, 6, 50257)
+    peak = matmul_peak(512 if args.quick else 2048 if DEVICE.type == "cpu" else 8192, 1.0 if args.quick else 3.0)
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{args.precision} matmul peak: {peak / 1e9:.1f} GFLOP/s, {where}, torch {torch.__version__}")
+    bert_shape = ((4, 32, 2, 96, 12, 384) if args.quick else (32, 128, 6, 384, 12, 1536) if args.shapes == "small"
+                  else (32, 512, 12, 768, 12, 3072))
+    gpt_shape = ((2, 32, 2, 96, 6, 1000) if args.quick else (8, 256, 6, 384, 6, 50257) if args.shapes == "small"
+                 else (8, 1024, 12, 768, 12, 50257))
     results: dict = {}
     if args.only != "gpt":
         compare("BERT", bert_steps, bert_shape, args, peak, results)
@@ -272,19 +310,23 @@ def main():
     if args.quick:
         return
     wall = time.time() - start
-    cmd = "python benchmarks/throughput.py"
+    cmd = " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]])
+    on_gpu = DEVICE.type == "cuda"
+    suffix = f" {args.precision}" + (" cuda" if on_gpu else "")
+    extra = {"machine": f"{where}, torch {torch.__version__}"} if on_gpu else {}
     for name, mode, variant, ours, hf_which, hf_best in rows:
         shape = bert_shape if name == "BERT" else gpt_shape
-        record("modeling", f"{name} {shape[2]}L-{shape[3]}d b{shape[0]}xT{shape[1]} fp32 {variant}",
+        record("modeling", f"{name} {shape[2]}L-{shape[3]}d b{shape[0]}xT{shape[1]}{suffix} {variant}",
                f"{mode} tokens/s ratio ours/HF", round(ours / hf_best, 3), wall, command=cmd,
                baseline=f"transformers {hf_which}", baseline_value=round(hf_best, 1), ours_tokens_per_s=round(ours, 1),
-               mfu=round(results[(name, mode, variant, 'mfu')], 4), matmul_peak_gflops=round(peak / 1e9, 1))
-    record("modeling", f"GPT 6L-384d greedy {args.new_tokens} new tokens", "KV-cache speedup (x)",
+               mfu=round(results[(name, mode, variant, 'mfu')], 4), matmul_peak_gflops=round(peak / 1e9, 1), **extra)
+    gen = f"GPT 6L-384d greedy {args.new_tokens} new tokens" + suffix.replace(" fp32", "")
+    record("modeling", gen, "KV-cache speedup (x)",
            round(cached / uncached, 2), wall, command=cmd, baseline="ours without cache",
-           baseline_value=round(uncached, 1), ours_tokens_per_s=round(cached, 1))
-    record("modeling", f"GPT 6L-384d greedy {args.new_tokens} new tokens", "tokens/s ratio ours/HF generate",
+           baseline_value=round(uncached, 1), ours_tokens_per_s=round(cached, 1), **extra)
+    record("modeling", gen, "tokens/s ratio ours/HF generate",
            round(cached / hf_gen, 3), wall, command=cmd, baseline="transformers generate",
-           baseline_value=round(hf_gen, 1), ours_tokens_per_s=round(cached, 1), same_tokens=same)
+           baseline_value=round(hf_gen, 1), ours_tokens_per_s=round(cached, 1), same_tokens=same, **extra)
 
 
 if __name__ == "__main__":
