@@ -11,7 +11,8 @@
 #    and lm and classify once more in 32-true, to compare the final losses of bf16-mixed and float32;
 #    these run side by side (one process each, distinct rendezvous ports);
 # 2. then, alone on the GPU, benchmarks/throughput.py --device cuda: our BERT and GPT against transformers at
-#    BERT-base / GPT-2-small shapes, bf16 autocast (with torch.compile) and float32; it appends its rows to
+#    BERT-base / GPT-2-small shapes, bf16 autocast and float32 (eager; GPU_CHECK_COMPILE=1 adds torch.compile,
+#    GPU_CHECK_THROUGHPUT="bf16" picks the precisions); it appends its rows to
 #    benchmarks/results.jsonl, and the rows added are copied to OUTDIR/results_new.jsonl.
 # Each step's exit code, wall time and last lines go to OUTDIR/summary.txt; a failing step never stops the others.
 # Missing Python packages (jsonargparse, deepspeed, ...) can be given as wheels / an sdist in .whl/ (see the device
@@ -56,8 +57,9 @@ fi
 # deepspeed from its sdist (pure Python with ops compiled on first use), built while the first runs go
 if [ "$ACCEL" = gpu ] && ls .whl/deepspeed-*.tar.gz > /dev/null 2>&1; then
     ( DS_BUILD_OPS=0 $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --target /tmp/site-ds .whl/deepspeed-*.tar.gz > "$OUTDIR/logs/deepspeed_install.log" 2>&1 ) &
-    DS_INSTALL=$!
+        --target /tmp/site-ds .whl/deepspeed-*.tar.gz > "$OUTDIR/logs/deepspeed_install.log" 2>&1
+      echo $? > /tmp/deepspeed_install.rc ) &
+    DS_INSTALL=1
 fi
 
 TASKS=${GPU_CHECK_TASKS:-$($PY -c "import run; print(' '.join(run.TASKS))")}
@@ -81,25 +83,26 @@ fit_predict() {
 }
 
 rm -rf runs/gpu_check
-port=29500
+port=29500                                   # each job its own rendezvous port, counted here, not in the job
 for task in $TASKS; do
-    fit_predict "$task.bf16" "$task" $((port += 1)) "${PRECISION[@]}" &
+    port=$((port + 1)); fit_predict "$task.bf16" "$task" $port "${PRECISION[@]}" &
     if [ "$ACCEL" = gpu ]; then
-        fit_predict "$task.fsdp" "$task" $((port += 1)) --config "configs/$task/default.yaml" \
+        port=$((port + 1)); fit_predict "$task.fsdp" "$task" $port --config "configs/$task/default.yaml" \
             --config configs/strategies/fsdp.yaml &
     fi
 done
 for task in lm classify; do
-    fit_predict "$task.fp32" "$task" $((port += 1)) --trainer.precision 32-true &
+    port=$((port + 1)); fit_predict "$task.fp32" "$task" $port --trainer.precision 32-true &
 done
 wait
 
 if [ -n "${DS_INSTALL:-}" ] && [ $SECONDS -lt 300 ]; then
-    wait "$DS_INSTALL" || note "deepspeed install failed (logs/deepspeed_install.log)"
+    [ "$(cat /tmp/deepspeed_install.rc 2>/dev/null)" = 0 ] || note "deepspeed install failed (logs/deepspeed_install.log)"
     export PYTHONPATH=/tmp/site-ds:$PYTHONPATH
     if $PY -c "import deepspeed; print('deepspeed', deepspeed.__version__)" >> "$SUMMARY" 2>&1; then
         for task in $TASKS; do
-            MASTER_PORT=$((port += 1)) step "$task.deepspeed" 150 $PY run.py "$task" fit \
+            port=$((port + 1))
+            MASTER_PORT=$port step "$task.deepspeed" 150 $PY run.py "$task" fit \
                 --config "configs/$task/default.yaml" --config configs/strategies/deepspeed_zero2.yaml \
                 "${COMMON[@]}" --run_dir "runs/gpu_check/$task.deepspeed" &
         done
@@ -118,13 +121,15 @@ for label in lm.bf16 lm.fp32 classify.bf16 classify.fp32; do
         echo "   $label: $(tr -d '\n' < "runs/gpu_check/$label/fit_metrics.json" | cut -c1-400)" >> "$SUMMARY"
 done
 
-if [ "$ACCEL" = gpu ] && [ $SECONDS -lt 420 ]; then
+if [ "$ACCEL" = gpu ]; then
     before=$(wc -l < benchmarks/results.jsonl)
-    step throughput_bf16 200 $PY benchmarks/throughput.py --device cuda --precision bf16 --shapes base --rounds 3
-    [ $SECONDS -lt 560 ] && step throughput_fp32 120 $PY benchmarks/throughput.py --device cuda --precision fp32 --shapes base --rounds 3 \
-        --no-compile
+    # GPU_CHECK_COMPILE=1 adds the torch.compile variants (about 3 more minutes at these shapes)
+    for precision in ${GPU_CHECK_THROUGHPUT:-bf16 fp32}; do
+        [ $SECONDS -lt 480 ] && step "throughput_$precision" 200 $PY benchmarks/throughput.py --device cuda \
+            --precision "$precision" --shapes base --rounds 3 $([ "${GPU_CHECK_COMPILE:-0}" = 1 ] || echo --no-compile)
+        grep -A12 "^## Summary" "$OUTDIR/logs/throughput_$precision.log" >> "$SUMMARY"
+    done
     tail -n +$((before + 1)) benchmarks/results.jsonl > "$OUTDIR/results_new.jsonl"
-    grep -A12 "^## Summary" "$OUTDIR/logs/throughput_bf16.log" "$OUTDIR/logs/throughput_fp32.log" >> "$SUMMARY"
 fi
 tar czf "$OUTDIR/logs.tgz" -C "$OUTDIR" logs && rm -rf "$OUTDIR/logs"
 note "done $(date -u)"

@@ -187,9 +187,13 @@ class Task(pl.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning refuses to clip a fused optimizer's gradients under any mixed precision, because fp16's loss
-        scaler would have to unscale them first. bf16 has no scaler: clip directly (sharded strategies clip their
-        own way, through Lightning)."""
+        scaler would have to unscale them first. bf16 has no scaler: clip directly. Under FSDP each process holds
+        a shard of the gradients: the root FSDP module's `clip_grad_norm_` takes the norm over all shards (Lightning's
+        FSDP precision plugin refuses norm clipping). DeepSpeed clips inside its engine."""
         strategy = type(self.trainer.strategy).__name__
+        if gradient_clip_val and strategy == "FSDPStrategy" and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
         if gradient_clip_val and str(self.trainer.precision) == "bf16-mixed" and \
                 gradient_clip_algorithm in (None, "norm") and strategy in ("SingleDeviceStrategy", "DDPStrategy"):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
