@@ -42,7 +42,9 @@ class TransformerEmbedding(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, input_ids: Tensor, offset: int = 0) -> Tensor:
-        x = self.token(input_ids) * self.scale + self.position(input_ids.size(1), offset)  # (B, T, D)
+        tokens = self.token(input_ids) * self.scale                                        # (B, T, D)
+        # the fixed table follows the embeddings' dtype: DeepSpeed's bf16 casts parameters, not this buffer
+        x = tokens + self.position(input_ids.size(1), offset).to(tokens.dtype)             # (B, T, D)
         return self.dropout(x)
 
 

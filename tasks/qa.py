@@ -73,7 +73,8 @@ class QATask(Task):
         """Start and end logits (B, T) each, -inf at padding."""
         hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state       # (B, T, D)
         with torch.autocast(hidden.device.type, enabled=False):   # fp32 scores: bf16 would tie n-best candidates
-            logits = self.span(hidden.float())                                                # (B, T, 2)
+            # the weights too: FSDP's and DeepSpeed's bf16 hand the forward bf16 parameters
+            logits = F.linear(hidden.float(), self.span.weight.float(), self.span.bias.float())   # (B, T, 2)
         logits = logits.masked_fill(attention_mask[..., None] == 0, float("-inf"))
         return logits[..., 0], logits[..., 1]
 

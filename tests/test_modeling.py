@@ -265,3 +265,17 @@ def test_linear_cross_entropy_equals_full_logits_loss_and_gradients():
         torch.testing.assert_close(a, 2.0 * b, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(linear_cross_entropy(hidden, weight, targets, chunk_size=16), expected)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_transformer_runs_with_bf16_parameters_and_float32_buffers(copy):
+    """DeepSpeed's bf16 casts the parameters and leaves the sinusoidal table (a buffer) in float32; the forward must
+    stay in bf16 (on an H200, 2026-11-27, the float32 table promoted the embeddings and the first projection
+    refused them)."""
+    model = Transformer(TransformerConfig(**{**TINY_TRANSFORMER.__dict__, "copy": copy}))
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    assert model.src_embed.position.table.dtype == torch.float32
+    src, tgt = torch.randint(4, 50, (2, 7)), torch.randint(4, 50, (2, 5))
+    out = model(src, tgt, torch.ones_like(src))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
