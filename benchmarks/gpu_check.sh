@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one script sized for a short lease of one CUDA GPU (about 6 minutes on an H200):
+# The checks that need a GPU, in one script sized for a short lease of one CUDA GPU (224 s on an H200, 2026-11-27):
 #
 #   bash benchmarks/gpu_check.sh OUTDIR            # OUTDIR receives summary.txt, the logs and the recorded rows
 #
@@ -15,8 +15,11 @@
 #    GPU_CHECK_THROUGHPUT="bf16" picks the precisions); it appends its rows to
 #    benchmarks/results.jsonl, and the rows added are copied to OUTDIR/results_new.jsonl.
 # Each step's exit code, wall time and last lines go to OUTDIR/summary.txt; a failing step never stops the others.
-# Missing Python packages (jsonargparse, deepspeed, ...) can be given as wheels / an sdist in .whl/ (see the device
-# notes in the README); they are installed under /tmp/site first.
+# Python packages the GPU machine lacks are given as wheels in .whl/ and installed under /tmp/site first; deepspeed
+# as its sdist, built there. The H200 image of 2026-11-27 lacked: jsonargparse, docstring_parser, typeshed_client,
+# datasets, dill, multiprocess, and for deepspeed hjson, pydantic, pydantic_core, annotated_types,
+# typing_inspection, typing_extensions (a newer one). `pip download --no-deps --only-binary=:all: --python-version
+# 3.12 --platform manylinux2014_x86_64 -d .whl NAME==VERSION` fetches each; `pip download --no-deps -d .whl deepspeed`.
 set -u
 SECONDS=0                                    # phases that would overrun a ~10-minute lease are skipped
 OUTDIR=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
@@ -110,8 +113,13 @@ if [ -n "${DS_INSTALL:-}" ] && [ $SECONDS -lt 300 ]; then
         for task in $TASKS; do
             ls -d runs/gpu_check/$task.deepspeed/checkpoints/* >> "$SUMMARY" 2>&1
         done
-        step "lm.deepspeed.predict" 120 $PY run.py lm predict --ckpt_path runs/gpu_check/lm.deepspeed/checkpoints/last.ckpt \
-            --trainer.accelerator gpu --trainer.devices 1 --predict_output runs/gpu_check/lm.deepspeed/predictions.jsonl
+        for task in $TASKS; do        # a DeepSpeed checkpoint is a directory: does predict read it?
+            [ -e "runs/gpu_check/$task.deepspeed/checkpoints/last.ckpt" ] &&
+                step "$task.deepspeed.predict" 90 $PY run.py "$task" predict \
+                    --ckpt_path "runs/gpu_check/$task.deepspeed/checkpoints/last.ckpt" --trainer.accelerator gpu \
+                    --trainer.devices 1 --predict_output "runs/gpu_check/$task.deepspeed/predictions.jsonl" &
+        done
+        wait
     fi
 fi
 
