@@ -67,16 +67,18 @@ def matmul_peak(n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def seconds_per_call(fn, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
+    """Median seconds of `repeat` calls after `warmup` untimed ones, all in the run's precision (so the warm-up
+    compiles and picks the kernels the timed calls use)."""
     times = []
-    for _ in range(repeat):
-        synchronize()
-        t = time.perf_counter()
-        with autocast():
+    with autocast():
+        for _ in range(warmup):
             fn()
-        synchronize()
-        times.append(time.perf_counter() - t)
+        for _ in range(repeat):
+            synchronize()
+            t = time.perf_counter()
+            fn()
+            synchronize()
+            times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]                                   # median
 
 
