@@ -19,7 +19,7 @@ tokens, as BERT's run_squad does. Offsets are character spans into the context.
 Labels: the answer's tokens are the context tokens that overlap its characters [s, e): the first token
 ending after s and the last token starting before e. A window holds the answer when both are inside
 its context part; otherwise (and for v2.0 questions without an answer) start and end point at [CLS] (0).
-Training uses the first gold answer, as the official scripts do.
+Training uses the first gold answer, as the official scripts do (`train_answers: all`: every distinct one).
 
 Post-processing: `best_answers` scores every window's n-best start and end tokens and keeps the best
 valid span of each question over all its windows, mapped back to the exact characters of the context.
@@ -242,10 +242,12 @@ def check_window_settings(max_length: int, doc_stride: int, max_query_length: in
 
 
 def build_windows(tokenizer: Tokenizer, questions: list[Question], max_length: int = 384, doc_stride: int = 128,
-                  max_query_length: int = 64, with_labels: bool = True) -> list[Window]:
+                  max_query_length: int = 64, with_labels: bool = True, all_answers: bool = False) -> list[Window]:
     """All windows of all questions, in question order (see the module docstring for the rules).
 
     with_labels: set start/end positions from each question's first answer (else they stay 0).
+    all_answers: label from every distinct gold answer instead: a window that holds k of them appears k times,
+        once labelled with each (a window that holds none, once, at [CLS]).
     """
     check_window_settings(max_length, doc_stride, max_query_length)
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
@@ -265,21 +267,24 @@ def build_windows(tokenizer: Tokenizer, questions: list[Question], max_length: i
         ids, offsets = context_ids[c], context_offsets[c]
         head = [cls] + q_ids + [sep]                      # [CLS] question [SEP]
         budget = max_length - len(head) - 1               # context tokens per window
-        first = last = -1
+        spans = []                                        # answers as (first, last) context tokens
         if with_labels and q.answers and not q.is_impossible:
-            s = q.answer_starts[0]
-            first, last = answer_tokens(offset_starts[c], offset_ends[c], s, s + len(q.answers[0]))
+            gold = dict.fromkeys(zip(q.answer_starts, q.answers))         # distinct, in file order
+            spans = [answer_tokens(offset_starts[c], offset_ends[c], s, s + len(text))
+                     for s, text in (list(gold) if all_answers else list(gold)[:1])]
         for start in window_starts(len(ids), budget, doc_stride):
             stop = min(start + budget, len(ids))
-            holds_answer = start <= first <= last < stop
-            windows.append(Window(
-                question=qi,
-                input_ids=head + ids[start:stop] + [sep],
-                token_type_ids=[0] * len(head) + [1] * (stop - start + 1),
-                offsets=[(-1, -1)] * len(head) + offsets[start:stop] + [(-1, -1)],
-                start_position=len(head) + first - start if holds_answer else CLS_POSITION,
-                end_position=len(head) + last - start if holds_answer else CLS_POSITION,
-            ))
+            labels = list(dict.fromkeys((len(head) + first - start, len(head) + last - start)
+                                        for first, last in spans if start <= first <= last < stop))
+            for start_position, end_position in labels or [(CLS_POSITION, CLS_POSITION)]:
+                windows.append(Window(
+                    question=qi,
+                    input_ids=head + ids[start:stop] + [sep],
+                    token_type_ids=[0] * len(head) + [1] * (stop - start + 1),
+                    offsets=[(-1, -1)] * len(head) + offsets[start:stop] + [(-1, -1)],
+                    start_position=start_position,
+                    end_position=end_position,
+                ))
     return windows
 
 
@@ -412,8 +417,8 @@ class SquadDataModule(TaskDataModule):
                  train_articles: tuple[int, int] = (TRAIN_ARTICLES.start, TRAIN_ARTICLES.stop),
                  eval_articles: tuple[int, int] = (EVAL_ARTICLES.start, EVAL_ARTICLES.stop),
                  predict_file: Optional[str] = None, version_2: bool = False, max_length: int = 384,
-                 doc_stride: int = 128, max_query_length: int = 64, group_by_length: bool = True,
-                 cache_dir: Optional[str] = ".cache/tokenized", **kwargs):
+                 doc_stride: int = 128, max_query_length: int = 64, train_answers: str = "first",
+                 group_by_length: bool = True, cache_dir: Optional[str] = ".cache/tokenized", **kwargs):
         """
         Args:
             tokenizer: model directory, tokenizer.json or vocab.txt (default: model.pretrained's, or the checkpoint's).
@@ -426,6 +431,9 @@ class SquadDataModule(TaskDataModule):
             max_length: tokens per window, [CLS] and both [SEP] included.
             doc_stride: context tokens shared by consecutive windows of one context.
             max_query_length: questions longer than this many tokens are cut.
+            train_answers: "first": training labels from each question's first gold answer (the official scripts);
+                "all": from each distinct gold answer, a window holding k of them trained on k times, once with
+                each (SQuAD dev gives up to three answers per question). Evaluation is unchanged.
             group_by_length: training batches of windows of similar length.
             cache_dir: where windows are cached, keyed by questions, tokenizer and settings (None: no cache).
         """
@@ -434,6 +442,8 @@ class SquadDataModule(TaskDataModule):
             check_window_settings(max_length, doc_stride, max_query_length)
         except ConfigError as e:
             raise ConfigError(f"data.{e}") from None
+        if train_answers not in ("first", "all"):
+            raise ConfigError(f"data.train_answers {train_answers!r}: must be 'first' or 'all'")
         if split_file and (train_file or val_file):
             raise ConfigError("data.split_file gives both training and evaluation questions: leave data.train_file "
                               "and data.val_file unset (null)")
@@ -511,14 +521,19 @@ class SquadDataModule(TaskDataModule):
 
     def _cut(self, split: str) -> dict[str, list]:
         """The split's windows as cache columns."""
-        return windows_to_columns(build_windows(self.tokenizer, self.questions[split], *self._window_settings()))
+        return windows_to_columns(build_windows(self.tokenizer, self.questions[split], *self._window_settings(),
+                                                all_answers=self._all_answers(split)))
+
+    def _all_answers(self, split: str) -> bool:
+        return split == "train" and self.hparams.train_answers == "all"
 
     def _cache_key(self, split: str) -> str:
         """Everything the windows depend on: tokenizer, window settings, and each question's text, context and
-        first answer (the one labels are made from)."""
-        content = [[q.question, q.context, q.answers[:1], q.answer_starts[:1], q.is_impossible]
+        the answers labels are made from."""
+        n = None if self._all_answers(split) else 1
+        content = [[q.question, q.context, q.answers[:n], q.answer_starts[:n], q.is_impossible]
                    for q in self.questions[split]]
-        return content_key(self.tokenizer.to_str(), json.dumps(self._window_settings()), json.dumps(content))
+        return content_key(self.tokenizer.to_str(), json.dumps([*self._window_settings(), n]), json.dumps(content))
 
     # ---- loaders ----------------------------------------------------------------------------------------------
     def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:

@@ -207,6 +207,29 @@ def test_every_answer_that_fits_is_recoverable_from_token_labels(tokenizer, ques
     assert (labelled, exact) == (n_labelled, n_exact)       # 99.9 % of the labelled windows decode exactly
 
 
+@pytest.mark.parametrize("max_length,doc_stride", [(384, 128), (128, 32)])
+def test_all_answers_labels_every_distinct_gold_answer_once_per_window(tokenizer, questions, max_length, doc_stride):
+    """`all_answers`: each window position appears once per distinct gold answer (start, text) it holds, labelled
+    with that answer's tokens (the same labels `build_windows` gives that answer alone), or once at [CLS] when it
+    holds none (a window that holds another answer but not the first is not trained towards [CLS])."""
+    first = build_windows(tokenizer, questions, max_length, doc_stride)
+    every = build_windows(tokenizer, questions, max_length, doc_stride, all_answers=True)
+    key = lambda w: (w.question, tuple(w.input_ids), w.start_position, w.end_position)   # noqa: E731
+    assert not {key(w) for w in first if w.start_position != CLS_POSITION} - set(map(key, every))
+    expected = Counter()
+    for qi, q in enumerate(questions):
+        alone = [dataclasses.replace(q, answers=[text], answer_starts=[s])
+                 for s, text in dict.fromkeys(zip(q.answer_starts, q.answers))]
+        per_answer = [build_windows(tokenizer, [a], max_length, doc_stride) for a in alone]
+        for position in range(len(per_answer[0])):
+            labels = {(ws[position].start_position, ws[position].end_position) for ws in per_answer}
+            held = labels - {(CLS_POSITION, CLS_POSITION)}
+            for start, end in held or labels:
+                expected[(qi, tuple(per_answer[0][position].input_ids), start, end)] += 1
+    assert Counter(map(key, every)) == expected
+    assert len(every) > len(first)
+
+
 def test_window_cache_round_trip(tmp_path, tokenizer, questions):
     import datasets
     windows = build_windows(tokenizer, questions, max_length=128, doc_stride=32)
