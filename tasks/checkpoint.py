@@ -67,6 +67,10 @@ class Blueprint:
 def read_checkpoint(path: str | Path, task: Optional[str] = None) -> dict:
     """The checkpoint at `path` as a dict, loaded with `weights_only=True`; with `task`, it must be that task's."""
     path = Path(path)
+    if (path / "latest").is_file() and (path / "checkpoint").is_dir():        # what Lightning's DeepSpeed saves
+        raise CheckpointError(f"{path}: a DeepSpeed checkpoint directory (sharded); make one file of it first: "
+                              f"python -c \"from pytorch_lightning.utilities.deepspeed import "
+                              f"convert_zero_checkpoint_to_fp32_state_dict as c; c('{path}', 'model.ckpt')\"")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found" if not path.exists()
                               else f"{path}: not a checkpoint file (a directory?)")

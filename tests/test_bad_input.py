@@ -250,6 +250,11 @@ def test_bad_input_checkpoint_missing_or_a_directory(verb, tmp_path, capsys):
                                    *QUIET], str(path), reason, run_dir=tmp_path / "run")
     fails_in_one_line(capsys, ["classify", verb, "--ckpt_path", "last", "--run_dir", str(tmp_path / "run"), *QUIET],
                       "--ckpt_path last: no checkpoint", run_dir=tmp_path / "run")
+    sharded = tmp_path / "last.ckpt"           # the layout Lightning's DeepSpeed strategy writes (tag "checkpoint")
+    (sharded / "checkpoint").mkdir(parents=True)
+    (sharded / "latest").write_text("checkpoint")
+    fails_in_one_line(capsys, ["classify", verb, "--ckpt_path", str(sharded), "--run_dir", str(tmp_path / "run"),
+                               *QUIET], str(sharded), "a DeepSpeed checkpoint directory", run_dir=tmp_path / "run")
 
 
 @pytest.mark.parametrize("task", TASKS)
