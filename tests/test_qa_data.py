@@ -426,3 +426,9 @@ def test_bad_input_jsonl(tmp_path, line, expected):
     with pytest.raises(DataError) as error:
         read_qa_jsonl(path)
     assert_one_line(error, f"{path}, line 2: {expected}")
+
+
+def test_bad_train_answers_setting():
+    from data.squad import SquadDataModule
+    with pytest.raises(ConfigError, match=r"^data.train_answers 'every': must be 'first' or 'all'$"):
+        SquadDataModule(split_file=str(FIXTURES / "squad_dev_sample.json"), train_answers="every")
