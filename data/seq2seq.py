@@ -15,6 +15,8 @@ is what its sampler groups by. `Seq2SeqDataModule` puts these steps together for
 The tokenizer is SentencePiece-style: spaces become "▁" (Metaspace) before a BPE or unigram model, and the Metaspace
 decoder turns them back, with no normaliser, so `decode(encode(text)) == text` for text whose characters all
 occur in the training data (tested on the Multi30k test set). That makes detokenised, cased BLEU possible.
+`lowercase=True` adds a lowercasing normaliser instead, for metrics that ignore case (ROUGE): "Meeting", "MEETING"
+and "meeting" become one piece, and outputs are lowercase.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 from pytorch_lightning.utilities import rank_zero_info
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import DataLoader
 
 from data.base import TaskDataModule
@@ -146,10 +148,11 @@ def _json_string_lists(path: Path, key: str, lines: list[int]) -> list[list[str]
 # Joint subword vocabulary
 # ---------------------------------------------------------------------------------------------------------
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, model: str = "bpe",
-                    min_frequency: int = 2) -> Tokenizer:
+                    min_frequency: int = 2, lowercase: bool = False) -> Tokenizer:
     """A joint subword vocabulary trained on `texts` (the training sources and targets together, never the
     evaluation data). Metaspace pre-tokenizer and decoder around a BPE or unigram model, as SentencePiece does;
-    `<pad>`, `<s>`, `</s>`, `<unk>` get ids 0-3. Save it in a checkpoint with `tokenizer.to_str()`."""
+    `<pad>`, `<s>`, `</s>`, `<unk>` get ids 0-3; `lowercase`: text is lowercased before it is split. Save it in a
+    checkpoint with `tokenizer.to_str()` (the normaliser travels with it)."""
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ConfigError(f"data.vocab_size {vocab_size}: must be > {len(SPECIAL_TOKENS)}")
     if model == "bpe":
@@ -162,6 +165,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, model: str = "
                                           unk_token="<unk>", show_progress=False)
     else:
         raise ConfigError(f"data.tokenizer_model {model!r}: expected 'bpe' or 'unigram'")
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
     tokenizer.train_from_iterator(texts, trainer)
@@ -307,7 +312,8 @@ class Seq2SeqDataModule(TaskDataModule):
                  test_file: Optional[SplitFiles] = None, predict_file: Optional[str] = None,
                  source_column: str = "source", target_column: str = "target",
                  references_column: Optional[str] = None, tokenizer: Optional[str] = None, vocab_size: int = 8000,
-                 tokenizer_model: str = "bpe", min_frequency: int = 2, max_source_length: int = 256,
+                 tokenizer_model: str = "bpe", min_frequency: int = 2, lowercase: bool = False,
+                 max_source_length: int = 256,
                  max_target_length: int = 256, min_length: int = 1, max_length: Optional[int] = None,
                  max_ratio: Optional[float] = None, max_tokens: Optional[int] = None, group_by_length: bool = True,
                  cache_dir: Optional[str] = ".cache/seq2seq", **kwargs):
@@ -321,8 +327,9 @@ class Seq2SeqDataModule(TaskDataModule):
                 beside the target.
             tokenizer: a tokenizer file or model directory (default: the checkpoint's, the pretrained model's, or a
                 joint vocabulary trained on the training split).
-            vocab_size, tokenizer_model, min_frequency: the joint vocabulary: size, "bpe" or "unigram", and the
-                fewest occurrences of a merged pair (BPE).
+            vocab_size, tokenizer_model, min_frequency, lowercase: the joint vocabulary: size, "bpe" or "unigram",
+                the fewest occurrences of a merged pair (BPE), and whether it lowercases text (for a metric that
+                ignores case, such as ROUGE; outputs are then lowercase).
             max_source_length, max_target_length: longest source / decoder input in tokens (special tokens
                 included); longer ones are truncated and counted in the log. A checkpoint brings its own.
             min_length, max_length, max_ratio: training pairs are kept when both sides have min_length..max_length
@@ -411,8 +418,10 @@ class Seq2SeqDataModule(TaskDataModule):
 
     def _joint_vocabulary(self, train: Pairs) -> Tokenizer:
         hp = self.hparams
-        settings = json.dumps({"vocab_size": hp.vocab_size, "model": hp.tokenizer_model,
-                               "min_frequency": hp.min_frequency})
+        settings = {"vocab_size": hp.vocab_size, "model": hp.tokenizer_model, "min_frequency": hp.min_frequency}
+        if hp.lowercase:                          # only then, so that the cased vocabularies keep their cache keys
+            settings["lowercase"] = True
+        settings = json.dumps(settings)
         path = None
         if hp.cache_dir:
             key = content_key(settings, "\x00".join(train.sources), "\x00".join(train.targets))
@@ -421,7 +430,7 @@ class Seq2SeqDataModule(TaskDataModule):
                 rank_zero_info(f"joint vocabulary read from the cache: {path}")
                 return tokenizer_from_str(read_text(path))
         tokenizer = train_tokenizer(train.sources + train.targets, hp.vocab_size, hp.tokenizer_model,
-                                    hp.min_frequency)
+                                    hp.min_frequency, hp.lowercase)
         rank_zero_info(f"joint {hp.tokenizer_model} vocabulary of {tokenizer.get_vocab_size():,} subwords trained on "
                        f"the {len(train):,} training pairs")
         if path is not None:

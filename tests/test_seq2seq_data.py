@@ -160,6 +160,23 @@ def test_tokenizer_round_trips_the_multi30k_test_set(shared_data):
     assert all(UNK_ID not in tok.encode(line).ids for line in test.sources + test.targets)
 
 
+def test_lowercase_tokenizer_folds_case_and_keeps_it_in_the_checkpoint_string():
+    """`lowercase=True` (for ROUGE, which ignores case): one piece sequence for every casing of a word, decoding gives
+    the lowercased line, and the normaliser survives `to_str` (what a checkpoint stores)."""
+    train = read_aeslc(FIXTURES / "aeslc_train_head.jsonl")
+    tok = train_tokenizer(train.sources + train.targets, vocab_size=800, lowercase=True)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    ids = tok.encode("meeting", add_special_tokens=False).ids
+    assert tok.encode("Meeting", add_special_tokens=False).ids == ids == tok.encode("MEETING", add_special_tokens=False).ids
+    assert all(not any(c.isupper() for c in piece) for piece in tok.get_vocab())
+    restored = Tokenizer.from_str(tok.to_str())
+    known = [line for line in train.targets if UNK_ID not in tok.encode(line).ids]
+    assert len(known) == len(train.targets)                   # trained on these very lines: no <unk>
+    assert [decode(restored, line) for line in known] == [line.lower() for line in known]
+    cased = train_tokenizer(train.sources + train.targets, vocab_size=800)
+    assert cased.encode("Meeting", add_special_tokens=False).ids != cased.encode("meeting", add_special_tokens=False).ids
+
+
 def test_bad_input_tokenizer_settings():
     with pytest.raises(ConfigError, match="data.vocab_size 4"):
         train_tokenizer(["a b"], vocab_size=4)

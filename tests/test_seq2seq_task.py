@@ -304,6 +304,10 @@ def test_joint_vocabulary_round_trips_the_fixture_and_is_cached(tmp_path, monkey
     other.setup("fit")
     with pytest.raises(AssertionError, match="trained again"):             # other settings: another vocabulary
         other.ensure_tokenizer()
+    lowercased = Seq2SeqDataModule(train_file=TRAIN, vocab_size=1000, lowercase=True, cache_dir=str(tmp_path))
+    lowercased.setup("fit")
+    with pytest.raises(AssertionError, match="trained again"):             # lowercasing is part of the key
+        lowercased.ensure_tokenizer()
 
 
 def test_length_filter_logs_what_it_removed_and_batches_fit_the_token_budget(tmp_path, monkeypatch, caplog):
