@@ -17,6 +17,12 @@ Extra run.py options after `--` apply to fit and test; the run is then not recor
     flock /tmp/heavy.lock python benchmarks/summarize.py --which minilm --retest runs/summarize/<recorded run>
 tests the best checkpoint of a recorded run again with the decoding settings the config has now (chosen on dev with
 `run.py summarize validate --model.val_beam_size ...`), recorded with that run's training time and steps.
+
+    flock /tmp/heavy.lock python benchmarks/summarize.py --which minilm --finish runs/summarize/<unrecorded run>
+tests and records a run whose fit finished but whose test did not (a crash, a kill): its training time is the one
+`fit` wrote to bench_fit.json, or, for a run older than that file, the time from the stamp in the directory's name
+(taken just before fit started, when the invocation fitted only this one model) to fit_metrics.json's last write
+(when fit ended); CPU time is then unknown.
 """
 from __future__ import annotations
 
@@ -63,13 +69,37 @@ def fit_and_test(config: str, test_file: Path, run_dir: Path, overrides: list[st
         sys.exit(2)
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     fit = json.loads((run_dir / "fit_metrics.json").read_text())
+    timing = {"train_wall": wall, "train_cpu": cpu, "steps": fit["global_step"]}
+    (run_dir / "bench_fit.json").write_text(json.dumps(timing, indent=1))    # what --finish reads if test fails
+    return {**test_best(config, test_file, run_dir, overrides), **timing, "run_dir": str(run_dir)}
+
+
+def test_best(config: str, test_file: Path, run_dir: Path, overrides: list[str], out: str = "test") -> dict:
+    """`run.py summarize test` of a fitted run's best checkpoint (its last without one) into run_dir / out: scores
+    and decoding settings."""
+    fit = json.loads((run_dir / "fit_metrics.json").read_text())
     best = fit.get("best_checkpoint") or fit["last_checkpoint"]
     if run.main(["summarize", "test", "--config", config, "--ckpt_path", best, "--data.test_file", str(test_file),
-                 "--run_dir", str(run_dir / "test"), "--trainer.enable_progress_bar", "false", *overrides]):
+                 "--run_dir", str(run_dir / out), "--trainer.enable_progress_bar", "false", *overrides]):
         sys.exit(2)
-    result = json.loads((run_dir / "test" / "test_scores.json").read_text())
-    return {"scores": result["scores"], "decoding": result["decoding"], "train_wall": wall, "train_cpu": cpu,
-            "steps": fit["global_step"], "run_dir": str(run_dir)}
+    result = json.loads((run_dir / out / "test_scores.json").read_text())
+    return {"scores": result["scores"], "decoding": result["decoding"]}
+
+
+def finish(config: str, test_file: Path, run_dir: Path) -> dict:
+    """`fit_and_test`'s result for a run whose fit finished and whose test did not (see the module doc)."""
+    run_dir = run_dir.resolve()
+    fit = json.loads((run_dir / "fit_metrics.json").read_text())
+    if fit.get("subcommand") != "fit":
+        sys.exit(f"--finish {run_dir}: fit_metrics.json is not a finished fit's")
+    saved = run_dir / "bench_fit.json"
+    if saved.exists():
+        timing = json.loads(saved.read_text())
+    else:
+        stamp = int(run_dir.name.rsplit("_", 1)[-1])
+        timing = {"train_wall": (run_dir / "fit_metrics.json").stat().st_mtime - stamp, "train_cpu": None,
+                  "steps": fit["global_step"], "train_wall_from": "run directory stamp to fit_metrics.json's write"}
+    return {**test_best(config, test_file, run_dir, []), **timing, "run_dir": str(run_dir)}
 
 
 def retest(config: str, test_file: Path, run_dir: Path) -> dict:
@@ -79,13 +109,8 @@ def retest(config: str, test_file: Path, run_dir: Path) -> dict:
     row = next((r for r in reversed(rows) if r.get("run_dir") == str(run_dir.resolve())), None)
     if row is None:
         sys.exit(f"--retest {run_dir}: no recorded run in benchmarks/results.jsonl")
-    best = json.loads((run_dir / "fit_metrics.json").read_text())["best_checkpoint"]
-    test_dir = run_dir / f"retest_{int(time.time())}"
-    if run.main(["summarize", "test", "--config", config, "--ckpt_path", best, "--data.test_file", str(test_file),
-                 "--run_dir", str(test_dir), "--trainer.enable_progress_bar", "false"]):
-        sys.exit(2)
-    result = json.loads((test_dir / "test_scores.json").read_text())
-    return {"scores": result["scores"], "decoding": result["decoding"], "train_wall": row["wall_s"],
+    result = test_best(config, test_file, run_dir, [], out=f"retest_{int(time.time())}")
+    return {**result, "train_wall": row["wall_s"],
             "train_cpu": row["train_cpu_s"], "steps": row["steps"], "run_dir": str(run_dir.resolve()),
             "retest_of": {"git_commit": row["git_commit"], "date": row["date"], "decoding": row["decoding"]}}
 
@@ -104,6 +129,7 @@ def main() -> None:
     parser.add_argument("--test_file", type=Path, default=DATA / "test.jsonl")
     parser.add_argument("--no_record", action="store_true", help="print only; append nothing to results.jsonl")
     parser.add_argument("--retest", type=Path, help="a recorded run directory: test its best checkpoint again")
+    parser.add_argument("--finish", type=Path, help="a run directory whose fit finished and whose test did not")
     parser.add_argument("overrides", nargs="*", help="extra run.py options (after --); the run is then not recorded")
     args = parser.parse_args()
     which = args.which.split(",")
@@ -111,10 +137,11 @@ def main() -> None:
     stamp = int(time.time())
     recording = not (args.no_record or args.overrides)
     command = f"flock /tmp/heavy.lock python benchmarks/summarize.py --which {args.which}"
-    if args.retest:
-        if len(which) != 1 or which[0] == "lead":
-            sys.exit("--retest: name the one kind of model it ran, --which scratch or --which minilm")
-        command += f" --retest {args.retest}"
+    for option in ("retest", "finish"):
+        if getattr(args, option):
+            if len(which) != 1 or which[0] == "lead":
+                sys.exit(f"--{option}: name the one kind of model it ran, --which scratch or --which minilm")
+            command += f" --{option} {getattr(args, option)}"
 
     print(f"AESLC test: {args.test_file}")
     if "lead" in which:
@@ -131,22 +158,26 @@ def main() -> None:
         if args.retest:
             run_dir = args.retest
             result = retest(config, args.test_file, run_dir)
+        elif args.finish:
+            run_dir = args.finish
+            result = finish(config, args.test_file, run_dir)
         else:
             run_dir = ROOT / "runs" / "summarize" / f"bench_{Path(config).stem}_{stamp}"
             result = fit_and_test(config, args.test_file, run_dir, args.overrides)
         show(kind, result["scores"])
-        print(f"           training {result['train_wall']:.0f} s wall, {result['train_cpu']:.0f} s CPU, "
-              f"{result['steps']} steps ({run_dir})")
+        cpu = "unknown" if result["train_cpu"] is None else f"{result['train_cpu']:.0f} s"
+        print(f"           training {result['train_wall']:.0f} s wall, {cpu} CPU, {result['steps']} steps ({run_dir})")
         if not recording:
             continue
         baseline, quoted = QUOTED[kind]
         for metric, value in result["scores"].items():
             record("summarize", Path(config).stem, metric, round(value, 2), result["train_wall"], command=command,
                    baseline=baseline if metric in quoted else None, baseline_value=quoted.get(metric),
-                   train_cpu_s=round(result["train_cpu"], 1), steps=result["steps"], decoding=result["decoding"],
+                   train_cpu_s=None if result["train_cpu"] is None else round(result["train_cpu"], 1),
+                   steps=result["steps"], decoding=result["decoding"],
                    threads=torch.get_num_threads(), run_dir=result["run_dir"],
                    load_avg_end=round(os.getloadavg()[0], 2),
-                   **({"retest_of": result["retest_of"]} if "retest_of" in result else {}))
+                   **{key: result[key] for key in ("retest_of", "train_wall_from") if key in result})
     if not recording:
         print("not recorded" + (" (extra overrides given)" if args.overrides else ""))
 
