@@ -53,7 +53,7 @@ from tasks.base import Task
 from tasks.bleu import BLEU, MULTI30K_LITERATURE
 from tasks.checkpoint import Blueprint, CheckpointError, blueprint, read_checkpoint
 from tasks.encoders import load_encoder
-from tasks.rouge import ROUGE
+from tasks.rouge import ROUGE, ROUGE_TYPES
 
 # Settings of each test / predict run, kept out of the checkpoint's hyperparameters (see the module doc).
 DECODING = ("val_beam_size", "beam_size", "length_penalty", "max_new_tokens", "min_new_tokens",
@@ -370,15 +370,21 @@ class TranslationTask(Seq2SeqTask):
 
 class SummarizationTask(Seq2SeqTask):
     """`run.py summarize`: ROUGE-1/2/L/Lsum F with stemming against the original reference (the headline; ROUGE-1
-    is the checkpoint's monitor) and against every reference (`*_multi_ref`, AESLC's annotations). Short outputs by
-    default: at most 32 tokens, no repeated trigram."""
+    is the checkpoint's monitor unless `metric` says otherwise) and against every reference (`*_multi_ref`, AESLC's
+    annotations). Short outputs by default: at most 32 tokens, no repeated trigram."""
 
     name = "summarize"
     monitor = "val/rouge1"
     output_key = "summary"
+    METRICS = ROUGE_TYPES + tuple(f"{t}_multi_ref" for t in ROUGE_TYPES)
 
-    def __init__(self, max_new_tokens: int = 32, no_repeat_ngram_size: int = 3, **kwargs):
+    def __init__(self, max_new_tokens: int = 32, no_repeat_ngram_size: int = 3, metric: str = "rouge1", **kwargs):
+        """metric: the validation score that picks the best checkpoint: rouge1, rouge2, rougeL, rougeLsum, or one of
+        them against every reference (`rouge2_multi_ref`, ...)."""
         super().__init__(max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size, **kwargs)
+        if metric not in self.METRICS:
+            raise ConfigError(f"model.metric {metric!r}: choose from {', '.join(self.METRICS)}")
+        self.monitor = f"val/{metric}"
 
     def scorers(self) -> dict[str, nn.Module]:
         return {"single": ROUGE(), "multi": ROUGE()}

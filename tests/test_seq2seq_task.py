@@ -405,6 +405,22 @@ def bad_case(case: str, tmp_path: Path) -> tuple[str, list[str], str]:
     return "summarize", ["--data.train_file", str(path)], f"{path}, {message}"
 
 
+def test_summarize_metric_picks_the_checkpoint_monitor(tmp_path, capsys):
+    """`model.metric rouge2` makes val/rouge2 the best checkpoint's monitor; an unknown metric is one line, exit 2."""
+    run_dir = tmp_path / "run"
+    assert fit("summarize", run_dir, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+               "--trainer.limit_val_batches", "1", "--model.config", SMALL, "--data.max_source_length", "64",
+               "--model.metric", "rouge2") == 0
+    ckpt = torch.load(run_dir / "checkpoints" / "best-epoch=0-step=2.ckpt", map_location="cpu", weights_only=True)
+    monitors = [state["monitor"] for key, state in ckpt["callbacks"].items() if key.startswith("ModelCheckpoint")]
+    assert monitors == ["val/rouge2"], ckpt["callbacks"].keys()
+    capsys.readouterr()
+    code = fit("summarize", tmp_path / "bad", "--trainer.max_steps", "2", "--model.metric", "bleu")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model.metric 'bleu': choose from rouge1, rouge2" in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("case", ["misaligned", "empty line", "no target key", "empty email"])
 def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, capsys):
     task, args, message = bad_case(case, tmp_path)
