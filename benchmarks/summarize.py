@@ -88,15 +88,19 @@ def test_best(config: str, test_file: Path, run_dir: Path, overrides: list[str],
 
 def finish(config: str, test_file: Path, run_dir: Path) -> dict:
     """`fit_and_test`'s result for a run whose fit finished and whose test did not (see the module doc)."""
-    run_dir = run_dir.resolve()
-    fit = json.loads((run_dir / "fit_metrics.json").read_text())
+    run_dir, metrics = run_dir.resolve(), run_dir / "fit_metrics.json"
+    fit = json.loads(metrics.read_text()) if metrics.exists() else {}
     if fit.get("subcommand") != "fit":
-        sys.exit(f"--finish {run_dir}: fit_metrics.json is not a finished fit's")
+        sys.exit(f"--finish {run_dir}: no finished fit there (fit_metrics.json missing or not a fit's)")
     saved = run_dir / "bench_fit.json"
     if saved.exists():
         timing = json.loads(saved.read_text())
     else:
-        stamp = int(run_dir.name.rsplit("_", 1)[-1])
+        stamp = run_dir.name.rsplit("_", 1)[-1]
+        if not stamp.isdigit():
+            sys.exit(f"--finish {run_dir}: no bench_fit.json, and the name ends in no start stamp "
+                     "(bench_<config>_<unix time>)")
+        stamp = int(stamp)
         timing = {"train_wall": (run_dir / "fit_metrics.json").stat().st_mtime - stamp, "train_cpu": None,
                   "steps": fit["global_step"], "train_wall_from": "run directory stamp to fit_metrics.json's write"}
     return {**test_best(config, test_file, run_dir, []), **timing, "run_dir": str(run_dir)}

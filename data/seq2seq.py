@@ -418,10 +418,10 @@ class Seq2SeqDataModule(TaskDataModule):
 
     def _joint_vocabulary(self, train: Pairs) -> Tokenizer:
         hp = self.hparams
-        settings = {"vocab_size": hp.vocab_size, "model": hp.tokenizer_model, "min_frequency": hp.min_frequency}
+        options = {"vocab_size": hp.vocab_size, "model": hp.tokenizer_model, "min_frequency": hp.min_frequency}
         if hp.lowercase:                          # only then, so that the cased vocabularies keep their cache keys
-            settings["lowercase"] = True
-        settings = json.dumps(settings)
+            options["lowercase"] = True
+        settings = json.dumps(options)
         path = None
         if hp.cache_dir:
             key = content_key(settings, "\x00".join(train.sources), "\x00".join(train.targets))
