@@ -88,7 +88,8 @@ def test_best(config: str, test_file: Path, run_dir: Path, overrides: list[str],
 
 def finish(config: str, test_file: Path, run_dir: Path) -> dict:
     """`fit_and_test`'s result for a run whose fit finished and whose test did not (see the module doc)."""
-    run_dir, metrics = run_dir.resolve(), run_dir / "fit_metrics.json"
+    run_dir = run_dir.resolve()
+    metrics = run_dir / "fit_metrics.json"
     fit = json.loads(metrics.read_text()) if metrics.exists() else {}
     if fit.get("subcommand") != "fit":
         sys.exit(f"--finish {run_dir}: no finished fit there (fit_metrics.json missing or not a fit's)")
@@ -101,7 +102,7 @@ def finish(config: str, test_file: Path, run_dir: Path) -> dict:
             sys.exit(f"--finish {run_dir}: no bench_fit.json, and the name ends in no start stamp "
                      "(bench_<config>_<unix time>)")
         stamp = int(stamp)
-        timing = {"train_wall": (run_dir / "fit_metrics.json").stat().st_mtime - stamp, "train_cpu": None,
+        timing = {"train_wall": metrics.stat().st_mtime - stamp, "train_cpu": None,
                   "steps": fit["global_step"], "train_wall_from": "run directory stamp to fit_metrics.json's write"}
     return {**test_best(config, test_file, run_dir, []), **timing, "run_dir": str(run_dir)}
 

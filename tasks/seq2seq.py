@@ -374,7 +374,6 @@ class SummarizationTask(Seq2SeqTask):
     annotations). Short outputs by default: at most 32 tokens, no repeated trigram."""
 
     name = "summarize"
-    monitor = "val/rouge1"
     output_key = "summary"
     METRICS = ROUGE_TYPES + tuple(f"{t}_multi_ref" for t in ROUGE_TYPES)
 
