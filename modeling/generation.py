@@ -49,16 +49,20 @@ def next_token(logits: Tensor, do_sample: bool = False, temperature: float = 1.0
 def generate(model, input_ids: Tensor, max_new_tokens: int, *, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None,
-             on_token: Callable[[Tensor], None] | None = None, max_context: int | None = None) -> Tensor:
+             on_token: Callable[[Tensor], None] | None = None, max_context: int | None = None,
+             allowed_tokens: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Extend (B, T) prompts by up to `max_new_tokens` tokens -> (B, T + n). Rows that produced `eos_token_id`
     keep emitting it until every row has finished. Without the cache each step re-reads the whole prefix
-    (cropped to the last `max_context` tokens when given)."""
+    (cropped to the last `max_context` tokens when given). `allowed_tokens`: (B, t) sequences so far ->
+    (B, V) True where a token may come next (a constraint; None: any)."""
     ids = input_ids
     B, T = ids.shape
     cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
     logits = model(ids, cache=cache)[:, -1]                                          # (B, V)
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
+        if allowed_tokens is not None:
+            logits = logits.masked_fill(~allowed_tokens(ids), float("-inf"))
         nxt = next_token(logits, do_sample, temperature, top_k, top_p, generator)     # (B,)
         if eos_token_id is not None:
             nxt = nxt.masked_fill(finished, eos_token_id)
@@ -127,7 +131,8 @@ class FinishedHypotheses:
 @torch.no_grad()
 def beam_search(model, input_ids: Tensor, max_new_tokens: int, beam_size: int = 4, length_penalty: float = 1.0,
                 eos_token_id: int | None = None, pad_token_id: int | None = None, min_new_tokens: int = 0,
-                no_repeat_ngram_size: int = 0, use_cache: bool = True) -> Tensor:
+                no_repeat_ngram_size: int = 0, use_cache: bool = True,
+                allowed_tokens: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Beam search over a batch of prompts, all beams of all prompts in one (B*K, ...) batch.
 
     Each step extends every beam by every token and keeps, per prompt, the 2K best candidates by sum(log p).
@@ -135,7 +140,8 @@ def beam_search(model, input_ids: Tensor, max_new_tokens: int, beam_size: int = 
     sum(log p) / (generated length ** length_penalty); the K best continuing candidates are the next beams.
     A prompt is done once it has finished `beam_size` hypotheses (early stop) or after `max_new_tokens`, when
     its live beams compete too. EOS is forbidden for the first `min_new_tokens` tokens; with
-    `no_repeat_ngram_size` n, no n-gram (prompt included) occurs twice. Without the cache each step re-reads
+    `no_repeat_ngram_size` n, no n-gram (prompt included) occurs twice; `allowed_tokens` maps the (B*K, t)
+    sequences (prompt b's beams are rows b*K .. b*K + K - 1) to (B*K, V) True where a token may come next. Without the cache each step re-reads
     the whole sequence (the model must then accept B*K rows: bind an encoder-decoder's memory repeated per beam).
     Returns the best hypothesis per prompt, (B, T + n), right-padded with `pad_token_id` (or EOS, or 0)."""
     B, T = input_ids.shape
@@ -157,6 +163,8 @@ def beam_search(model, input_ids: Tensor, max_new_tokens: int, beam_size: int = 
             logp[:, eos_token_id] = float("-inf")
         if no_repeat_ngram_size > 0:
             logp = logp.masked_fill(repeated_ngram_mask(ids, no_repeat_ngram_size, V), float("-inf"))
+        if allowed_tokens is not None:
+            logp = logp.masked_fill(~allowed_tokens(ids), float("-inf"))
         scores = (beam_scores.view(-1, 1) + logp).view(B, K * V)
         top_scores, top_index = scores.topk(2 * K, dim=-1)                           # (B, 2K): room for EOS picks
         parents, tokens = top_index // V, top_index % V                              # (B, 2K) each

@@ -13,7 +13,8 @@ checkpoints) the encoder is that BERT, weight for weight, with its WordPiece voc
 BERT2BERT). The log names every weight that was loaded and every one that is new.
 
 Decoding: validation decodes greedily (fast, for choosing the checkpoint); test and predict by beam search
-(`beam_size`, `length_penalty`, `max_new_tokens`, `min_new_tokens`, `no_repeat_ngram_size`), batched, with the KV
+(`beam_size`, `length_penalty`, `max_new_tokens`, `min_new_tokens`, `no_repeat_ngram_size`, `known_words`: only
+words of the training texts or of the source, tasks/lexicon.py), batched, with the KV
 cache and the encoder memory projected once per batch. These settings are options of each run, not of the model:
 they are left out of the checkpoint's hyperparameters, so `--model.beam_size 1` on a `test` or `predict` command
 line (or the config it names) wins.
@@ -53,11 +54,12 @@ from tasks.base import Task
 from tasks.bleu import BLEU, MULTI30K_LITERATURE
 from tasks.checkpoint import Blueprint, CheckpointError, blueprint, read_checkpoint
 from tasks.encoders import load_encoder
+from tasks.lexicon import Lexicon
 from tasks.rouge import ROUGE, ROUGE_TYPES
 
 # Settings of each test / predict run, kept out of the checkpoint's hyperparameters (see the module doc).
 DECODING = ("val_beam_size", "beam_size", "length_penalty", "max_new_tokens", "min_new_tokens",
-            "no_repeat_ngram_size")
+            "no_repeat_ngram_size", "known_words")
 # TransformerConfig fields a warm start takes from the BERT; model.config may set the others.
 FROM_BERT = ("src_vocab_size", "tgt_vocab_size", "hidden_size", "num_encoder_layers", "num_heads", "ffn_size",
              "activation", "max_positions", "norm_first", "layer_norm_eps", "bias", "pad_token_id", "embeddings")
@@ -120,7 +122,7 @@ class Seq2SeqTask(Task):
     def __init__(self, decoder_init: Literal["scratch", "pretrained"] = "scratch", label_smoothing: float = 0.1,
                  val_beam_size: int = 1, beam_size: int = 5, length_penalty: float = 1.0,
                  max_new_tokens: int = 128, min_new_tokens: int = 0, no_repeat_ngram_size: int = 0,
-                 snapshot_every_n_steps: Optional[int] = None, keep_snapshots: int = 5, **kwargs):
+                 known_words: bool = False, snapshot_every_n_steps: Optional[int] = None, keep_snapshots: int = 5, **kwargs):
         """
         Args:
             decoder_init: with `pretrained` (a BERT): the decoder starts from scratch, or from the BERT's layers
@@ -131,6 +133,9 @@ class Seq2SeqTask(Task):
                 sum(log p) / length ** length_penalty.
             max_new_tokens, min_new_tokens: most and fewest generated tokens (the end token included in the count).
             no_repeat_ngram_size: no n-gram of this size occurs twice in a hypothesis (0: off).
+            known_words: every generated word is a word of the training texts (data.train_file) or of its own
+                source, so copied pieces are never glued into words that do not exist (tasks/lexicon.py; a
+                SentencePiece-style vocabulary, ours).
             snapshot_every_n_steps: keep the weights every N optimizer steps in <run dir>/snapshots (for `average`).
             keep_snapshots: how many of the newest snapshots are kept.
         """
@@ -224,6 +229,21 @@ class Seq2SeqTask(Task):
         self.model = model or Transformer(TransformerConfig(**bp.model_config))
         self.tokenizer = tokenizer_from_str(bp.tokenizer)
         self.specials: SpecialTokens = special_tokens(self.tokenizer)
+        self._lexicon: Optional[Lexicon] = None
+
+    def lexicon(self) -> Lexicon:
+        """The known words (built once, from the training split's sources and targets)."""
+        if self._lexicon is None:
+            data = self.trainer.datamodule
+            if data.files["train"] is None:
+                raise ConfigError("model.known_words: needs data.train_file (its words are the known words)")
+            if not any(piece.startswith("▁") for piece in self.tokenizer.get_vocab()):
+                raise ConfigError("model.known_words: needs a vocabulary whose word-start pieces begin with '▁' "
+                                  "(ours, not a BERT WordPiece one)")
+            train = data.examples("train")
+            specials = {self.tokenizer.token_to_id(t) for t in ("<pad>", "<s>", "</s>", "<unk>")} - {None}
+            self._lexicon = Lexicon(self.tokenizer, specials, train.sources + train.targets)
+        return self._lexicon
 
     def encoder(self) -> Optional[nn.Module]:
         """Warm-started: the BERT part (the shared embedding and the encoder layers), so that `head_lr` sets the
@@ -259,12 +279,18 @@ class Seq2SeqTask(Task):
         decoder = self.model.decoder_for(memory, source_mask, source_ids)
         start = torch.full((source_ids.size(0), 1), s.bos, dtype=torch.long, device=source_ids.device)
         steps = min(hp.max_new_tokens, self.model.config.max_positions - 1)
+        allowed = None
+        if hp.known_words:
+            lexicon = self.lexicon()
+            cut = source_mask.sum(dim=1) >= self.trainer.datamodule.max_source_length       # may end mid-word
+            own_words = lexicon.source_words(source_ids, cut.tolist())
+            allowed = lambda ids: lexicon.allowed(ids, own_words)  # noqa: E731
         if beam_size is None:
-            out = generate(decoder, start, steps, eos_token_id=s.eos)
+            out = generate(decoder, start, steps, eos_token_id=s.eos, allowed_tokens=allowed)
         else:
             out = beam_search(decoder, start, steps, beam_size=beam_size, length_penalty=hp.length_penalty,
                               eos_token_id=s.eos, pad_token_id=s.pad, min_new_tokens=min(hp.min_new_tokens, steps),
-                              no_repeat_ngram_size=hp.no_repeat_ngram_size)
+                              no_repeat_ngram_size=hp.no_repeat_ngram_size, allowed_tokens=allowed)
         return out[:, 1:]
 
     def texts(self, generated: Tensor) -> list[str]:

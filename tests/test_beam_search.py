@@ -164,3 +164,30 @@ def test_a_wider_beam_scores_at_least_as_well():
     wide = decode(model, src, mask, max_new_tokens=10, beam_size=6, length_penalty=0.0)
     for i in range(3):
         assert logprob(wide, i) >= logprob(greedy, i) - 1e-5
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_allowed_tokens_holds_at_every_step_for_each_prompts_rows(beam_size):
+    """Each prompt bans the tokens its unconstrained output used (but EOS): rows b*K .. b*K + K - 1 are prompt b's."""
+    model = translation_model()
+    src, mask = padded_sources([5, 8, 4])
+    free = [generated(row) for row in decode(model, src, mask, max_new_tokens=12, beam_size=beam_size)]
+    banned = [set(tokens) - {EOS} for tokens in free]
+    assert all(banned)
+
+    def allowed(ids: torch.Tensor) -> torch.Tensor:
+        ok = torch.ones(ids.size(0), VOCAB, dtype=torch.bool)
+        for row in range(ids.size(0)):
+            ok[row, sorted(banned[row // (ids.size(0) // len(banned))])] = False
+        return ok
+
+    constrained = [generated(row) for row in decode(model, src, mask, max_new_tokens=12, beam_size=beam_size,
+                                                    allowed_tokens=allowed)]
+    assert all(not set(tokens) & banned[b] for b, tokens in enumerate(constrained))
+    assert constrained != free
+    if beam_size == 1:                                       # greedy through generate() obeys it too
+        with torch.no_grad():
+            memory = model.encode(src, mask)
+        greedy = generate(EosBias(model.decoder_for(memory, mask), EOS_BIAS), torch.full((3, 1), BOS), 12,
+                          eos_token_id=EOS, allowed_tokens=allowed)
+        assert [generated(row) for row in greedy] == constrained

@@ -184,6 +184,27 @@ def test_rouge_of_the_task_equals_rouge_score_single_and_multi_reference(summari
 
 
 # ------------------------------------------------------------------------------------------------ decoding
+def test_known_words_writes_only_words_of_the_training_texts(summarize_run, tmp_path):
+    """With `known_words` every word of every test output is a word of the training texts (here the 60 dev emails
+    and subjects, which also hold each test email), as the checkpoint's tokenizer normalises and splits them. With
+    room to finish (100 new tokens): a hypothesis cut at `max_new_tokens` may stop inside a word."""
+    ckpt = summarize_run / "checkpoints" / "last.ckpt"
+    tokenizer = tokenizer_from_str(torch.load(ckpt, map_location="cpu", weights_only=True)["task"]["tokenizer"])
+    rows = [json.loads(line) for line in AESLC_DEV.read_text().splitlines()]
+    normalise = tokenizer.normalizer.normalize_str if tokenizer.normalizer else str
+    known = {w for r in rows for text in (r["email"], r["subject"]) for w in normalise(text).split(" ") if w}
+    outputs = {}
+    for on in ("false", "true"):
+        assert run.main(["summarize", "test", "--ckpt_path", str(ckpt), "--data.test_file", str(AESLC_DEV),
+                         "--data.train_file", str(AESLC_DEV), "--model.known_words", on,
+                         "--model.max_new_tokens", "100",
+                         "--run_dir", str(tmp_path / on), *QUIET]) == 0
+        outputs[on] = lines(tmp_path / on / "test_hypotheses.txt")
+    words = [w for hyp in outputs["true"] for w in hyp.split(" ") if w]
+    assert len(words) > 60 and set(words) <= known
+    assert outputs["true"] != outputs["false"]                # the constraint changed something
+
+
 def test_beam_one_equals_greedy_through_the_task(translate_run, tmp_path):
     ckpt = translate_run / "checkpoints" / "last.ckpt"
     task = TranslationTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
