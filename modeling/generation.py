@@ -141,8 +141,9 @@ def beam_search(model, input_ids: Tensor, max_new_tokens: int, beam_size: int = 
     A prompt is done once it has finished `beam_size` hypotheses (early stop) or after `max_new_tokens`, when
     its live beams compete too. EOS is forbidden for the first `min_new_tokens` tokens; with
     `no_repeat_ngram_size` n, no n-gram (prompt included) occurs twice; `allowed_tokens` maps the (B*K, t)
-    sequences (prompt b's beams are rows b*K .. b*K + K - 1) to (B*K, V) True where a token may come next. Without the cache each step re-reads
-    the whole sequence (the model must then accept B*K rows: bind an encoder-decoder's memory repeated per beam).
+    sequences (prompt b's beams are rows b*K .. b*K + K - 1) to (B*K, V) True where a token may come next.
+    Without the cache each step re-reads the whole sequence (the model must then accept B*K rows: bind an
+    encoder-decoder's memory repeated per beam).
     Returns the best hypothesis per prompt, (B, T + n), right-padded with `pad_token_id` (or EOS, or 0)."""
     B, T = input_ids.shape
     K = beam_size

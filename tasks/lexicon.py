@@ -64,7 +64,6 @@ class Lexicon:
         self.starts = [False] * self.vocab_size
         for piece, i in vocab.items():
             self.starts[i] = piece.startswith(WORD_START) or i in self.special
-        self.continuation = torch.tensor([not s for s in self.starts])              # (V,)
         self.words = Words()
         for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
             for word in split_words(encoding.ids, self.starts):

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from data.errors import ConfigError
-from data.seq2seq import SpecialTokens, special_tokens
+from data.seq2seq import SPECIAL_TOKENS, SpecialTokens, special_tokens
 from data.tokenization import tokenizer_from_str
 from modeling import Transformer, TransformerConfig
 from modeling.generation import beam_search, generate
@@ -54,7 +54,7 @@ from tasks.base import Task
 from tasks.bleu import BLEU, MULTI30K_LITERATURE
 from tasks.checkpoint import Blueprint, CheckpointError, blueprint, read_checkpoint
 from tasks.encoders import load_encoder
-from tasks.lexicon import Lexicon
+from tasks.lexicon import WORD_START, Lexicon
 from tasks.rouge import ROUGE, ROUGE_TYPES
 
 # Settings of each test / predict run, kept out of the checkpoint's hyperparameters (see the module doc).
@@ -122,7 +122,8 @@ class Seq2SeqTask(Task):
     def __init__(self, decoder_init: Literal["scratch", "pretrained"] = "scratch", label_smoothing: float = 0.1,
                  val_beam_size: int = 1, beam_size: int = 5, length_penalty: float = 1.0,
                  max_new_tokens: int = 128, min_new_tokens: int = 0, no_repeat_ngram_size: int = 0,
-                 known_words: bool = False, snapshot_every_n_steps: Optional[int] = None, keep_snapshots: int = 5, **kwargs):
+                 known_words: bool = False, snapshot_every_n_steps: Optional[int] = None, keep_snapshots: int = 5,
+                 **kwargs):
         """
         Args:
             decoder_init: with `pretrained` (a BERT): the decoder starts from scratch, or from the BERT's layers
@@ -230,6 +231,9 @@ class Seq2SeqTask(Task):
         self.tokenizer = tokenizer_from_str(bp.tokenizer)
         self.specials: SpecialTokens = special_tokens(self.tokenizer)
         self._lexicon: Optional[Lexicon] = None
+        if self.hparams.known_words and not any(p.startswith(WORD_START) for p in self.tokenizer.get_vocab()):
+            raise ConfigError(f"model.known_words: needs a vocabulary whose word-start pieces begin with "
+                              f"'{WORD_START}' (ours, not a BERT WordPiece one)")
 
     def lexicon(self) -> Lexicon:
         """The known words (built once, from the training split's sources and targets)."""
@@ -237,11 +241,8 @@ class Seq2SeqTask(Task):
             data = self.trainer.datamodule
             if data.files["train"] is None:
                 raise ConfigError("model.known_words: needs data.train_file (its words are the known words)")
-            if not any(piece.startswith("▁") for piece in self.tokenizer.get_vocab()):
-                raise ConfigError("model.known_words: needs a vocabulary whose word-start pieces begin with '▁' "
-                                  "(ours, not a BERT WordPiece one)")
             train = data.examples("train")
-            specials = {self.tokenizer.token_to_id(t) for t in ("<pad>", "<s>", "</s>", "<unk>")} - {None}
+            specials = {self.tokenizer.token_to_id(t) for t in SPECIAL_TOKENS} - {None}
             self._lexicon = Lexicon(self.tokenizer, specials, train.sources + train.targets)
         return self._lexicon
 

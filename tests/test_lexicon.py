@@ -49,7 +49,7 @@ def test_pieces_that_begin_no_known_word_are_not_glued_on():
     start = pieces("meeting")[:1]                             # a word-start piece
     after = allowed_after(*start)
     known = LEXICON.words.next[start]                         # the pieces that continue it in some training word
-    glued = [c for c in range(LEXICON.vocab_size) if LEXICON.continuation[c] and c not in known]
+    glued = [c for c in range(LEXICON.vocab_size) if not LEXICON.starts[c] and c not in known]
     assert known and glued
     assert after[sorted(known)].all() and not after[glued].any()
 
@@ -58,7 +58,8 @@ def test_a_word_may_not_end_half_way():
     half = next(w[:k] for w in sorted({pieces(w) for t in TEXTS for w in t.lower().split(" ") if w})
                 for k in range(1, len(w)) if w[:k] not in LEXICON.words.complete)
     after = allowed_after(*half)
-    assert not after[EOS_ID] and not after[~LEXICON.continuation].any() and after.any()
+    starts = torch.tensor(LEXICON.starts)
+    assert not after[EOS_ID] and not after[starts].any() and after.any()
 
 
 def test_a_sources_own_words_are_allowed_for_that_source_only():

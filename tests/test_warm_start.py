@@ -124,6 +124,8 @@ def test_summarize_from_minilm_through_run_py(minilm, bert, tmp_path, caplog):
     (["--model.config", "{hidden_size: 128}"], "model.config.hidden_size: set by the pretrained BERT"),
     (["--model.config", "{num_decoder_layers: 7}", "--model.decoder_init", "pretrained"],
      "7 decoder layers, but the BERT has only 6"),
+    (["--model.config", "{dropout: 0.1}", "--model.known_words", "true"],
+     "model.known_words: needs a vocabulary whose word-start pieces begin with"),
 ])
 def test_bad_warm_start_settings_are_one_line(minilm, tmp_path, capsys, args, message):
     run_dir = tmp_path / "run"
