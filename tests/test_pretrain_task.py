@@ -3,6 +3,7 @@ against a hand computation, exact mid-epoch resume, DDP validation equal to one 
 Hugging Face export parity, continuing a checkpoint (new heads named), and bad input as one line."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -46,9 +47,9 @@ pytestmark = pytest.mark.usefixtures("no_wandb")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The default config fit for one epoch (about 40 steps): its run directory."""
+    """The default config fit (2 epochs of about 40 steps): its run directory."""
     run_dir = tmp_path_factory.mktemp("pretrain") / "fit"
-    assert run.main(fit_args(run_dir, "--trainer.max_epochs", "1")) == 0
+    assert run.main(fit_args(run_dir)) == 0
     return run_dir
 
 
@@ -63,8 +64,13 @@ def restored(run_dir) -> tuple[PretrainTask, PretrainDataModule]:
 
 # --- fit and predict -------------------------------------------------------------------------------------
 def test_fit_learns_and_the_checkpoint_carries_the_trained_vocabulary(trained):
+    # The WordPiece vocabulary differs a little from process to process (tokenizers breaks ties between equal merges
+    # by hash-map order), so the numbers do too: over 8 hash seeds the epochs ended at 6.44-6.48 and 6.31-6.34.
     metrics = summary(trained)["metrics"]
-    assert metrics["val/mlm_loss"] < math.log(1000) - 0.3            # well below a uniform guess over 1,000 pieces
+    assert metrics["val/mlm_loss"] < math.log(1000) - 0.4            # well below a uniform guess over 1,000 pieces
+    logged = [row for row in csv.DictReader(next(trained.rglob("metrics.csv")).open()) if row.get("val/mlm_loss")]
+    per_epoch = [float(row["val/mlm_loss"]) for row in logged]
+    assert len(per_epoch) == 2 and per_epoch[1] < per_epoch[0] - 0.05     # and the second epoch still learns
     assert metrics["val/mlm_ppl"] == pytest.approx(torch.exp(torch.tensor(metrics["val/mlm_loss"])).item(), rel=1e-5)
     for key in ("val/mlm_acc", "val/nsp_acc"):
         assert 0.0 <= metrics[key] <= 1.0
