@@ -6,13 +6,16 @@ Only SQuAD v1.1 dev is here: both train on its articles 0-37 and evaluate on art
     python benchmarks/qa.py --which ours    # ours only; the baseline is the latest HF run recorded here (else the
                                             # issue's measurement, labelled as quoted)
     python benchmarks/qa.py --which hf      # the HF loop only (benchmarks/qa_hf_baseline.py)
+    python benchmarks/qa.py --which ours --tapt configs/pretrain/minilm_squad.yaml   # continued pre-training on
+                                            # the training articles first; the QA fit starts from its last.ckpt
     python benchmarks/qa.py --which both --no_record --hf_args "--max_steps 3 --limit_eval 50" \
         -- --trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 2   # smoke test
 
 Wall time is the whole command, process start to EM / F1 printed (imports, reading and tokenising the data,
 training, evaluation, checkpoints, logging): what a user waits for. EM / F1 are those of the last evaluation (the
 end of training), not the best epoch's. Run it alone on the machine; CPU seconds and the mean load average are
-recorded beside it. Options after `--` go to run.py (a trial: they are part of the recorded config name).
+recorded beside it. Options after `--` go to run.py (a trial: they are part of the recorded config name). With
+`--tapt`, the wall time is both stages', pre-training included.
 """
 from __future__ import annotations
 
@@ -50,21 +53,36 @@ def recorded_baseline() -> dict:
     return ISSUE_BASELINE
 
 
-def run_ours(config: str, extra_args: list[str], baseline: dict, run_dir: str, no_record: bool) -> dict:
-    """`python run.py qa fit --config <config>` in a fresh process; EM / F1 of its last evaluation."""
-    cmd = [sys.executable, "run.py", "qa", "fit", "--config", config, "--run_dir", run_dir,
-           "--trainer.enable_progress_bar", "false", *extra_args]
+def run_stage(cmd: list[str]) -> None:
+    """One `python run.py ...` in a fresh process, echoed; a failure ends the benchmark."""
     shown = " ".join(["python", *cmd[1:]])
     print(f"$ {shown}", flush=True)
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"{shown}: failed")
+
+
+def run_ours(config: str, extra_args: list[str], baseline: dict, run_dir: str, no_record: bool,
+             tapt: str | None = None, tapt_args: list[str] = ()) -> dict:
+    """`python run.py qa fit --config <config>` in a fresh process (after `run.py pretrain fit --config <tapt>`,
+    whose last checkpoint it starts from, if given); EM / F1 of its last evaluation."""
+    stages, label = [], [Path(config).stem, *extra_args]
+    if tapt:
+        tapt_dir = f"{run_dir}_pretrain"
+        stages.append([sys.executable, "run.py", "pretrain", "fit", "--config", tapt, "--run_dir", tapt_dir,
+                       "--trainer.enable_progress_bar", "false", *tapt_args])
+        extra_args = ["--model.pretrained", f"{tapt_dir}/checkpoints/last.ckpt", *extra_args]
+        label.append(" ".join(["after pretrain", Path(tapt).stem, *tapt_args]))
+    stages.append([sys.executable, "run.py", "qa", "fit", "--config", config, "--run_dir", run_dir,
+                   "--trainer.enable_progress_bar", "false", *extra_args])
+    shown = " && ".join(" ".join(["python", *cmd[1:]]) for cmd in stages)
     monitor = LoadMonitor()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT)
+    for cmd in stages:
+        run_stage(cmd)
     wall_s = time.perf_counter() - start
     load = monitor.stop()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = usage.ru_utime + usage.ru_stime
-    if proc.returncode != 0:
-        raise SystemExit(f"{shown}: exit code {proc.returncode}")
     summary = json.loads((ROOT / run_dir / "fit_metrics.json").read_text())
     if "val/f1" not in summary["metrics"]:
         raise SystemExit(f"{shown}: the run ended before any evaluation (a trainer.max_steps inside the first epoch "
@@ -74,7 +92,7 @@ def run_ours(config: str, extra_args: list[str], baseline: dict, run_dir: str, n
     print(f"qa: EM {ours['exact_match']:.2f}  F1 {ours['f1']:.2f}  ({questions} questions)  wall {wall_s:.0f}s  "
           f"cpu {cpu_s:.0f}s  mean load {load:.2f}", flush=True)
     if not no_record:
-        label = " ".join([Path(config).stem, *extra_args])   # overrides stay in the name: a trial is never the config
+        label = " ".join(label)                      # overrides stay in the name: a trial is never the config
         for metric in METRICS:
             record("qa", label, metric, ours[metric], wall_s, command=f"flock /tmp/heavy.lock {shown}",
                    baseline=baseline["config"], baseline_value=baseline[metric], baseline_wall_s=baseline["wall_s"],
@@ -88,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--which", choices=["both", "ours", "hf"], default="both")
     p.add_argument("--config", default="configs/qa/squad_minilm.yaml")
     p.add_argument("--run_dir", default="runs/bench/squad_minilm")
+    p.add_argument("--tapt", help="a pretrain config run first (continued pre-training); qa starts from its last.ckpt")
+    p.add_argument("--tapt_args", default="", help="options for the pretrain stage (smoke tests: "
+                                                   "'--trainer.max_steps 3')")
     p.add_argument("--no_record", action="store_true", help="print the results, record nothing (smoke tests)")
     p.add_argument("--hf_args", default="", help="options for benchmarks/qa_hf_baseline.py (smoke tests: "
                                                  "'--max_steps 3 --limit_eval 50')")
@@ -99,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = {"config": qa_hf_baseline.CONFIG, **{m: hf[m] for m in METRICS}, "wall_s": hf["wall_s"]}
     if args.which in ("both", "ours"):
         baseline = baseline or recorded_baseline()
-        ours = run_ours(args.config, extra, baseline, args.run_dir, args.no_record)
+        ours = run_ours(args.config, extra, baseline, args.run_dir, args.no_record, args.tapt,
+                        shlex.split(args.tapt_args))
         print(f"ours EM {ours['exact_match']:.2f} / F1 {ours['f1']:.2f} in {ours['wall_s']:.0f} s vs {baseline['config']}: "
               f"EM {baseline['exact_match']:.2f} / F1 {baseline['f1']:.2f} in {baseline['wall_s']:.0f} s; "
               f"wall-time ratio {ours['wall_s'] / baseline['wall_s']:.2f} (target <= 0.6), F1 target >= 72.0")

@@ -4,7 +4,8 @@ Pipeline, each step a plain function the task's DataModule calls:
 
 1. `read_corpus`: files -> documents, each a list of `Sentence`s that remember their file and line. Formats:
    "text" (blank lines separate documents), "wikitext" (a `= Title =` line starts a document; heading lines are
-   dropped), "jsonl" (one document per row of a text column); "auto" picks by extension and content.
+   dropped), "jsonl" (one document per row of a text column), "squad" (one document per paragraph of a SQuAD file, its
+   `articles` only); "auto" picks by extension and content.
 2. `split_sentences`: a small rule-based splitter (see its docstring); a line break is a boundary too.
 3. `split_heldout`: a seeded, deterministic held-out set of WHOLE documents.
 4. `train_wordpiece` (from scratch, on the training documents only) or the checkpoint's own vocabulary
@@ -50,10 +51,11 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.errors import ConfigError, DataError
 from data.readers import read_table, read_text
+from data.squad import read_contexts
 from data.text import default_cache_dir, read_documents
 from data.tokenization import load_tokenizer
 
-FORMATS = ("auto", "text", "wikitext", "jsonl")
+FORMATS = ("auto", "text", "wikitext", "jsonl", "squad")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")   # ids 0..4 in a vocabulary trained here
 IGNORE_INDEX = -100
 IS_NEXT, NOT_NEXT = 0, 1                                            # as BertForPreTraining's next_sentence_label
@@ -77,10 +79,12 @@ Document = list[Sentence]
 
 @dataclass
 class CorpusFile:
-    """One corpus file and how to read it; `text_key` is the JSON column of a jsonl file (AESLC: "email")."""
+    """One corpus file and how to read it; `text_key` is the JSON column of a jsonl file (AESLC: "email");
+    `articles` the [first, end) article indices of a squad file (default: all)."""
     path: str
     format: str = "auto"
     text_key: str = "text"
+    articles: Optional[tuple[int, int]] = None
 
 
 def read_corpus(files: Sequence[CorpusFile | str | Path]) -> list[Document]:
@@ -99,6 +103,12 @@ def read_corpus(files: Sequence[CorpusFile | str | Path]) -> list[Document]:
 
 def _read_file(spec: CorpusFile) -> list[Document]:
     path = Path(spec.path)
+    if spec.articles is not None and spec.format != "squad":
+        raise ConfigError(f"data.files entry {path}: 'articles' is for format 'squad' only")
+    if spec.format == "squad":
+        articles = range(*spec.articles) if spec.articles is not None else None
+        return [[Sentence(s, str(path), line) for s in split_sentences(context)]
+                for context, _, line in read_contexts(path, articles)]
     if spec.format == "jsonl" or (spec.format == "auto" and path.suffix.lower() in (".jsonl", ".json")):
         return _read_jsonl(path, spec.text_key)
     text = read_documents([path])[0]
@@ -560,7 +570,7 @@ class MaskedExamples(Dataset):
 # The data module
 # ---------------------------------------------------------------------------------------------------------
 def corpus_files(files: Sequence[str | dict], key: str = "data.files") -> list[CorpusFile]:
-    """`CorpusFile`s from config entries: a path, or {path, format, text_key}."""
+    """`CorpusFile`s from config entries: a path, or {path, format, text_key, articles}."""
     known = {f.name for f in dataclasses.fields(CorpusFile)}
     out = []
     for i, entry in enumerate(files):
@@ -569,7 +579,11 @@ def corpus_files(files: Sequence[str | dict], key: str = "data.files") -> list[C
             if unknown or "path" not in entry:
                 raise ConfigError(f"{key}[{i}]: " + (f"unknown key {unknown[0]!r}" if unknown else "no 'path'")
                                   + f" (keys: {', '.join(sorted(known))})")
-            out.append(CorpusFile(**{k: str(v) for k, v in entry.items()}))
+            articles = entry.get("articles")
+            if articles is not None and not (isinstance(articles, (list, tuple)) and len(articles) == 2
+                                             and all(isinstance(a, int) for a in articles)):
+                raise ConfigError(f"{key}[{i}].articles {articles!r}: expected [first, end), e.g. [0, 38]")
+            out.append(CorpusFile(**{k: v if k == "articles" else str(v) for k, v in entry.items()}))
         else:
             out.append(CorpusFile(str(entry)))
     return out
@@ -600,7 +614,8 @@ class PretrainDataModule(TaskDataModule):
                  whole_word: bool = False, top_k: int = 5, cache_dir: Optional[str] = None, **kwargs):
         """
         Args:
-            files: the corpus: paths, or {path, format (auto, text, wikitext, jsonl), text_key (jsonl)} entries.
+            files: the corpus: paths, or {path, format (auto, text, wikitext, jsonl, squad), text_key (jsonl),
+                articles (squad: [first, end) article indices)} entries.
             heldout: whole documents of the corpus kept out of training for validation: a fraction in (0, 1) or a
                 count. They are drawn with a fixed seed, so the held-out set depends only on the corpus.
             test_files: corpus files scored by `pretrain test` (e.g. WikiText-2 test), in the same format as files.

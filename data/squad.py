@@ -125,6 +125,28 @@ def read_squad(path: str | Path, version_2: bool = False, require_answers: bool 
     return questions
 
 
+def read_contexts(path: str | Path, articles: Optional[range] = None) -> list[tuple[str, int, int]]:
+    """The paragraphs (contexts) of a SQuAD file, once each in file order: (context, article, line of the file).
+    `articles` keeps only those article indices: pre-training on the QA training articles reads no evaluation
+    article. The file gets `read_squad`'s checks (v1.1 or v2.0; answers not required)."""
+    path = Path(path)
+    questions = read_squad(path, version_2=True, require_answers=False)
+    n_articles = max((q.article for q in questions), default=-1) + 1
+    if articles is not None and (len(articles) == 0 or articles.start < 0 or articles[-1] >= n_articles):
+        raise ConfigError(f"articles {articles} of {path}: the file has articles 0-{n_articles - 1}")
+    text = read_text(path)
+    lines, line, pos = [], 1, 0                        # the line of each '"context":' key, in file order
+    for match in re.finditer(r'(?<!\\)"context"\s*:', text):
+        line += text.count("\n", pos, match.start())
+        pos = match.start()
+        lines.append(line)
+    paragraphs = [(p["context"], a) for a, article in enumerate(json.loads(text)["data"])
+                  for p in article["paragraphs"]]
+    if len(lines) != len(paragraphs):                 # an unusual layout: no line numbers rather than wrong ones
+        lines = [0] * len(paragraphs)
+    return [(context, a, n) for (context, a), n in zip(paragraphs, lines) if articles is None or a in articles]
+
+
 def _read_question(qa, context: str, article: int, title: str, where: str, version_2: bool,
                    require_answers: bool) -> Question:
     """One checked `qas` entry; `where` names file, article and question number for messages."""

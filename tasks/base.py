@@ -170,6 +170,9 @@ class Task(pl.LightningModule):
                 if value != unset:
                     raise ConfigError(f"model.{key} {value}: the {self.name} model has no pretrained encoder to set "
                                       f"apart (it needs model.pretrained); remove model.{key}")
+        elif hp.head_lr is not None and {id(p) for p in self.parameters()} <= {id(p) for p in encoder.parameters()}:
+            raise ConfigError(f"model.head_lr {hp.head_lr}: every parameter of the {self.name} model is in its "
+                              f"encoder, heads included (they learn at model.lr); remove model.head_lr")
         groups = task_param_groups(self, hp.lr, hp.weight_decay, encoder, hp.layer_decay, hp.head_lr)
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=self._fused())
         total = hp.decay_steps or int(self.trainer.estimated_stepping_batches)

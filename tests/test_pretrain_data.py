@@ -12,7 +12,7 @@ import torch
 from conftest import FIXTURES, require_shared
 from data.errors import ConfigError, DataError
 from data.pretrain import (IGNORE_INDEX, IS_NEXT, NOT_NEXT, SPECIAL_TOKENS, CorpusFile, PretrainingCollator,
-                           _random_ids, continuation_pieces, create_examples, read_corpus, special_ids, split_heldout, split_sentences,
+                           _random_ids, continuation_pieces, corpus_files, create_examples, read_corpus, special_ids, split_heldout, split_sentences,
                            tokenize_documents, train_wordpiece, truncate_pair)
 from data.tokenization import load_wordpiece
 
@@ -315,4 +315,34 @@ def test_bad_input_jsonl_line_without_the_text_key(tmp_path):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DataError, match=r"mail.jsonl, line 2: missing or empty key 'email'") as error:
         read_corpus([CorpusFile(str(path), text_key="email")])
+    one_line(error)
+
+
+# --- a SQuAD file as a corpus: its training articles' paragraphs, never an evaluation article's ------------
+SQUAD = FIXTURES / "squad_dev_sample.json"      # three articles of SQuAD v1.1 dev, 23 + 26 + 24 paragraphs
+
+
+def test_squad_format_reads_each_paragraph_of_the_chosen_articles_once():
+    root = json.loads(SQUAD.read_text(encoding="utf-8"))
+    paragraphs = [[p["context"] for p in article["paragraphs"]] for article in root["data"]]
+    entries = corpus_files([{"path": str(SQUAD), "format": "squad", "articles": [0, 2]}])
+    documents = read_corpus(entries)
+    assert len(documents) == len(paragraphs[0]) + len(paragraphs[1]) == 49
+    # every document is one paragraph, split into sentences that join back to it; article 2 is read nowhere
+    for document, context in zip(documents, paragraphs[0] + paragraphs[1]):
+        assert " ".join(s.text for s in document) == " ".join(context.split())
+    read = {s.text for d in documents for s in d}
+    assert not read & {s for context in paragraphs[2] for s in split_sentences(context)}
+    assert len(read_corpus([CorpusFile(str(SQUAD), format="squad")])) == 73      # no range: every article
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"format": "squad", "articles": [0, 5]}, r"articles range\(0, 5\) of .*squad_dev_sample.json: the file has "
+                                              r"articles 0-2"),
+    ({"format": "squad", "articles": "0-2"}, r"data.files\[0\].articles '0-2': expected \[first, end\)"),
+    ({"format": "text", "articles": [0, 2]}, r"squad_dev_sample.json: 'articles' is for format 'squad' only"),
+])
+def test_bad_input_squad_articles(entry, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        read_corpus(corpus_files([{"path": str(SQUAD), **entry}]))
     one_line(error)

@@ -302,6 +302,7 @@ def test_documents_shorter_than_two_sentences_are_partners_only(tmp_path):
     (["--data.mlm_probability", "0"], "data.mlm_probability 0.0: must be in (0, 1)"),
     (["--data.files", '[{"path": "x.txt", "key": "text"}]'], "data.files[0]: unknown key 'key'"),
     (["--data.max_length", "128"], "data.max_length 128 is longer than the model's 64 positions"),
+    (["--model.head_lr", "1e-3"], "model.head_lr 0.001: every parameter of the pretrain model is in its encoder"),
     (["--model.config", "null"], "set model.pretrained (a BERT directory, hub name or one of our checkpoints) or model.config"),
 ])
 def test_bad_input_settings_name_the_key(tmp_path, capsys, args, message):
