@@ -88,6 +88,11 @@ def read_squad(path: str | Path, version_2: bool = False, require_answers: bool 
     require_answers: False for files to predict on, whose questions may come without answers.
     """
     path = Path(path)
+    return _questions(path, _load_json(path)[1], version_2, require_answers)
+
+
+def _load_json(path: Path) -> tuple[str, dict]:
+    """A SQuAD file's text and its parsed JSON, with a 'data' list at the top level."""
     text = read_text(path)
     try:
         root = json.loads(text)
@@ -96,7 +101,11 @@ def read_squad(path: str | Path, version_2: bool = False, require_answers: bool 
                         f"not valid JSON: {e.msg}") from None
     if not isinstance(root, dict) or not isinstance(root.get("data"), list):
         raise DataError(f"{path}: no 'data' list at the top level (not a SQuAD file)")
+    return text, root
 
+
+def _questions(path: Path, root: dict, version_2: bool, require_answers: bool) -> list[Question]:
+    """The questions of a parsed SQuAD file (see `read_squad`), checked one by one."""
     questions: list[Question] = []
     first_seen: dict[str, int] = {}   # id -> article
     for a, article in enumerate(root["data"]):
@@ -130,17 +139,17 @@ def read_contexts(path: str | Path, articles: Optional[range] = None) -> list[tu
     `articles` keeps only those article indices: pre-training on the QA training articles reads no evaluation
     article. The file gets `read_squad`'s checks (v1.1 or v2.0; answers not required)."""
     path = Path(path)
-    questions = read_squad(path, version_2=True, require_answers=False)
+    text, root = _load_json(path)
+    questions = _questions(path, root, version_2=True, require_answers=False)
     n_articles = max((q.article for q in questions), default=-1) + 1
     if articles is not None and (len(articles) == 0 or articles.start < 0 or articles[-1] >= n_articles):
         raise ConfigError(f"articles {articles} of {path}: the file has articles 0-{n_articles - 1}")
-    text = read_text(path)
     lines, line, pos = [], 1, 0                        # the line of each '"context":' key, in file order
     for match in re.finditer(r'(?<!\\)"context"\s*:', text):
         line += text.count("\n", pos, match.start())
         pos = match.start()
         lines.append(line)
-    paragraphs = [(p["context"], a) for a, article in enumerate(json.loads(text)["data"])
+    paragraphs = [(p["context"], a) for a, article in enumerate(root["data"])
                   for p in article["paragraphs"]]
     if len(lines) != len(paragraphs):                 # an unusual layout: no line numbers rather than wrong ones
         lines = [0] * len(paragraphs)
