@@ -141,9 +141,8 @@ def read_contexts(path: str | Path, articles: Optional[range] = None) -> list[tu
     path = Path(path)
     text, root = _load_json(path)
     questions = _questions(path, root, version_2=True, require_answers=False)
-    n_articles = max((q.article for q in questions), default=-1) + 1
-    if articles is not None and (len(articles) == 0 or articles.start < 0 or articles[-1] >= n_articles):
-        raise ConfigError(f"articles {articles} of {path}: the file has articles 0-{n_articles - 1}")
+    if articles is not None:
+        check_articles(f"articles {articles} of {path}", articles, questions)
     lines, line, pos = [], 1, 0                        # the line of each '"context":' key, in file order
     for match in re.finditer(r'(?<!\\)"context"\s*:', text):
         line += text.count("\n", pos, match.start())
@@ -213,6 +212,13 @@ def read_qa_jsonl(path: str | Path) -> list[Question]:
     return questions
 
 
+def check_articles(label: str, articles: range, questions: list[Question]) -> None:
+    """A ConfigError, `label` first, unless `articles` is a non-empty range of the file's article indices."""
+    n_articles = max((q.article for q in questions), default=-1) + 1
+    if len(articles) == 0 or articles.start < 0 or articles[-1] >= n_articles:
+        raise ConfigError(f"{label}: the file has articles 0-{n_articles - 1}")
+
+
 def split_by_article(questions: list[Question], train_articles: range = TRAIN_ARTICLES,
                      eval_articles: range = EVAL_ARTICLES) -> tuple[list[Question], list[Question]]:
     """(training, evaluation) questions by article index; the two ranges may not share an article."""
@@ -220,10 +226,8 @@ def split_by_article(questions: list[Question], train_articles: range = TRAIN_AR
     if shared:
         raise ConfigError(f"train_articles {train_articles} and eval_articles {eval_articles} overlap "
                           f"(articles {min(shared)}-{max(shared)}): no evaluation article may reach training")
-    n_articles = max(q.article for q in questions) + 1
     for name, articles in (("train_articles", train_articles), ("eval_articles", eval_articles)):
-        if len(articles) == 0 or articles.start < 0 or articles[-1] >= n_articles:
-            raise ConfigError(f"{name} {articles}: the file has articles 0-{n_articles - 1}")
+        check_articles(f"{name} {articles}", articles, questions)
     train = [q for q in questions if q.article in train_articles]
     evaluation = [q for q in questions if q.article in eval_articles]
     return train, evaluation
