@@ -16,11 +16,20 @@ from typing import Callable, Optional
 
 
 def content_key(*parts: str) -> str:
-    """A short hash of the parts, in order (20 hex digits)."""
-    h = hashlib.sha1()
+    """A short hash of the parts, in order (24 hex digits); a NUL ends each part, so ("ab", "c") != ("a", "bc")."""
+    h = hashlib.sha256()
     for part in parts:
-        h.update(part.encode())
-    return h.hexdigest()[:20]
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    """Where token arrays are cached unless a data module is given `cache_dir`: $NLP_CACHE_DIR, else
+    $XDG_CACHE_HOME/nlp-suite/tokens (~/.cache/nlp-suite/tokens)."""
+    root = os.environ.get("NLP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nlp-suite")
+    return Path(root) / "tokens"
 
 
 def load_columns(cache_dir: str | Path, key: str) -> Optional[dict[str, list]]:

@@ -52,7 +52,8 @@ from data.batching import pad_collate
 from data.errors import ConfigError, DataError
 from data.readers import read_table, read_text
 from data.squad import read_contexts
-from data.text import default_cache_dir, read_documents
+from data.cache import default_cache_dir
+from data.text import read_documents
 from data.tokenization import load_tokenizer
 
 FORMATS = ("auto", "text", "wikitext", "jsonl", "squad")

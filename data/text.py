@@ -25,18 +25,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 from data.base import TaskDataModule
 from data.batching import world
+from data.cache import content_key, default_cache_dir
 from data.errors import ConfigError, DataError
 from data.readers import read_text, require_file
 from data.lm_tokenizer import TextTokenizer
 
 CACHE_VERSION = "1"
 IGNORE_INDEX = -100
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("NLP_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nlp-suite")
-    return Path(root) / "tokens"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -105,14 +100,6 @@ def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
     return out
 
 
-def _hash(*parts: str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:24]
-
-
 def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str], *, path: str | None,
                     bpe_vocab_size: int, cache_dir: Path, corpus_key: str) -> TextTokenizer:
     """`kind`: "char" (vocabulary of every file, as nanoGPT), "gpt2" (from `path`) or "bpe" (trained on the
@@ -126,7 +113,7 @@ def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str
         return TextTokenizer.gpt2(path)
     if kind == "bpe":
         cache_dir.mkdir(parents=True, exist_ok=True)
-        saved = cache_dir / f"bpe-{_hash(CACHE_VERSION, corpus_key, str(bpe_vocab_size))}.json"
+        saved = cache_dir / f"bpe-{content_key(CACHE_VERSION, corpus_key, str(bpe_vocab_size))}.json"
         if saved.exists():
             return TextTokenizer.from_str(saved.read_text())
         tok = TextTokenizer.train_bpe(train_docs, bpe_vocab_size)
@@ -345,7 +332,7 @@ class TextDataModule(TaskDataModule):
         if not self.train_files:
             raise DataError("data.train_files: no training text files given")
         digests = [file_digest(p) for p in self.train_files]
-        corpus_key = _hash(*digests, str(self.val_fraction))
+        corpus_key = content_key(*digests, str(self.val_fraction))
         docs = None
 
         def documents():
@@ -364,7 +351,7 @@ class TextDataModule(TaskDataModule):
                                              bpe_vocab_size=self.bpe_vocab_size, cache_dir=self.cache_dir,
                                              corpus_key=corpus_key)
         tok = self.tokenizer
-        key = _hash(CACHE_VERSION, corpus_key, tok.to_str())
+        key = content_key(CACHE_VERSION, corpus_key, tok.to_str())
 
         def build():
             _, train_docs, val_docs = documents()

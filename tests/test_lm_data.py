@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import FIXTURES, require_shared
 from data import text as text_mod
 from data.lm_tokenizer import EOT, TextTokenizer
+from data.cache import content_key
 from data.text import Blocks, RandomBlocks, SlidingWindows, TextDataModule, cached_tokens, split_documents
 
 SHAKESPEARE = FIXTURES / "tinyshakespeare_head.txt"
@@ -85,6 +86,11 @@ def test_token_cache_builds_once_and_is_memory_mapped(tmp_path):
     np.testing.assert_array_equal(first["train"], np.arange(10))
     np.testing.assert_array_equal(second["val"], np.arange(3))
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_cache_key_keeps_parts_apart():
+    assert content_key("ab", "c") != content_key("a", "bc")
+    assert content_key("a", "b") == content_key("a", "b") != content_key("b", "a")
 
 
 def test_datamodule_caches_tokens_keyed_by_file_and_tokenizer(tmp_path, monkeypatch):
