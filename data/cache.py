@@ -5,6 +5,9 @@ build)` for its columns (`{name: [one value per example]}`): a hit reads them ba
 writes the result. Any change of text, tokenizer or settings changes the key, so a stale cache is never read.
 A cache is written to a temporary directory and renamed into place, so an interrupted run never leaves a partial
 one; under DDP only the process that `write`s (rank 0) stores it, the others tokenise for themselves.
+The language-model corpus (data/text.py) keeps its token stream as memory-mapped arrays instead, keyed by the same
+`content_key`, under `default_cache_dir()`, where the vocabularies trained from scratch (text.py's byte-level BPE,
+pretrain.py's WordPiece) are cached too.
 """
 from __future__ import annotations
 
