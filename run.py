@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from pytorch_lightning.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint  # noqa: E402
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from pytorch_lightning.cli import LightningCLI  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
@@ -130,6 +130,19 @@ class JsonLinesWriter(BasePredictionWriter):
         self.file.close()
 
 
+class ValidationStep(Callback):
+    """The global step of a fit's newest validation (None before the first). A fit that stops between validations
+    (`max_steps` inside an epoch, `check_val_every_n_epoch` > 1) ends with val/ metrics of earlier weights, and the
+    report says so."""
+
+    def __init__(self):
+        self.step: Optional[int] = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.step = trainer.global_step
+
+
 class TaskCLI(LightningCLI):
     """LightningCLI for one task: run directory, loggers, checkpoints, the checkpoint handed to model and data."""
 
@@ -141,6 +154,7 @@ class TaskCLI(LightningCLI):
         self.run_dir: Optional[Path] = None
         self.created_run_dir = False
         self.last_checkpoint = None
+        self.validation_step = ValidationStep()
         # only the subcommand asked for gets a parser: each one costs most of a second to build (all four for --help)
         self.parsed_subcommands = [args[0]] if args and args[0] in SUBCOMMANDS else list(SUBCOMMANDS)
         has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
@@ -246,6 +260,8 @@ class TaskCLI(LightningCLI):
             loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=version))
             if self.subcommand == "fit":
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "fit":
+            callbacks.append(self.validation_step)
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False:
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best-epoch={epoch}-step={step}",
@@ -301,6 +317,12 @@ class TaskCLI(LightningCLI):
     def interrupted(self) -> bool:
         return self.last_checkpoint is not None and self.last_checkpoint.interrupted
 
+    @property
+    def stale_validation(self) -> bool:
+        """The fit has val/ metrics, measured before its final step."""
+        step = self.validation_step.step
+        return step is not None and step != self.trainer.global_step
+
     def after_fit(self) -> None:
         best = self.trainer.checkpoint_callback
         lines = [f"run directory: {self.run_dir}"]
@@ -314,6 +336,11 @@ class TaskCLI(LightningCLI):
         # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results
         shown = {k: v for k, v in self.metrics().items() if not k.startswith("lr-")}
         lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
+        if self.stale_validation:
+            last = self.last_checkpoint.path if self.last_checkpoint is not None else "<checkpoint>"
+            lines.append(f"the val/ metrics are of step {self.validation_step.step}, not of the final step "
+                         f"{self.trainer.global_step}: `run.py {self.task} validate --ckpt_path {last}` scores the "
+                         "final weights")
         rank_zero_info("\n".join(lines))
         self.write_summary("fit")
         if self.trainer.is_global_zero:        # curves.png from the CSV log, and the same picture to wandb
@@ -342,7 +369,7 @@ class TaskCLI(LightningCLI):
             best = self.trainer.checkpoint_callback
             summary.update(best_checkpoint=(best.best_model_path or None) if best else None,
                            last_checkpoint=str(self.last_checkpoint.path) if self.last_checkpoint else None,
-                           interrupted=self.interrupted)
+                           interrupted=self.interrupted, validation_step=self.validation_step.step)
         (self.run_dir / f"{sub}_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 

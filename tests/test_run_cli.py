@@ -67,6 +67,29 @@ def test_default_config_trains_on_the_bundled_sample(tmp_path):
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
 
 
+def test_a_fit_that_stops_between_validations_says_its_val_metrics_are_older(tmp_path):
+    """max_steps inside an epoch: Lightning does not validate at the stop, so the printed val/ metrics are those of
+    the last epoch's end; the report names their step and the command that scores the final weights."""
+    proc = run_py("classify", "fit", "--run_dir", str(tmp_path / "run"), "--trainer.max_epochs", "3",
+                  "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.max_steps", "5",
+                  "--trainer.enable_progress_bar", "false", "--wandb", "false",
+                  "--data.cache_dir", str(tmp_path / "cache"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "fit_metrics.json").read_text())
+    assert (summary["global_step"], summary["validation_step"]) == (5, 3)
+    output = proc.stderr + proc.stdout
+    assert "the val/ metrics are of step 3, not of the final step 5: `run.py classify validate --ckpt_path" in output
+    # a fit that validates after its last step says nothing of the kind
+    proc = run_py("classify", "fit", "--run_dir", str(tmp_path / "run2"), "--trainer.max_epochs", "2",
+                  "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+                  "--trainer.enable_progress_bar", "false", "--wandb", "false",
+                  "--data.cache_dir", str(tmp_path / "cache"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run2" / "fit_metrics.json").read_text())
+    assert (summary["global_step"], summary["validation_step"]) == (6, 6)
+    assert "the val/ metrics are of step" not in proc.stderr + proc.stdout
+
+
 def test_missing_checkpoint_or_bad_setting_is_one_line_exit_2(tmp_path, capsys):
     """A path that is not there, or a value outside a setting's choices: one line naming it, exit code 2."""
     assert run.main(["classify", "fit", "--model.config", "null", "--model.pretrained",
