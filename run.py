@@ -65,8 +65,10 @@ TASKS: dict[str, TaskSpec] = {
                    "extractive question answering over BERT (SQuAD)"),
     "pretrain": TaskSpec("tasks.pretrain:PretrainTask", "data.pretrain:PretrainDataModule",
                          "configs/pretrain/default.yaml", "BERT pretraining: masked LM + next-sentence prediction"),
-    "translate": TaskSpec("tasks.seq2seq:TranslationTask", "data.seq2seq:Seq2SeqDataModule", "configs/translate/default.yaml", "encoder-decoder Transformer translation (Multi30k), BLEU"),
-    "summarize": TaskSpec("tasks.seq2seq:SummarizationTask", "data.seq2seq:Seq2SeqDataModule", "configs/summarize/default.yaml", "encoder-decoder summarization (AESLC), ROUGE"),
+    "translate": TaskSpec("tasks.seq2seq:TranslationTask", "data.seq2seq:Seq2SeqDataModule",
+                          "configs/translate/default.yaml", "encoder-decoder Transformer translation (Multi30k), BLEU"),
+    "summarize": TaskSpec("tasks.seq2seq:SummarizationTask", "data.seq2seq:Seq2SeqDataModule",
+                          "configs/summarize/default.yaml", "encoder-decoder summarization (AESLC), ROUGE"),
 }
 
 
@@ -349,11 +351,9 @@ class TaskCLI(LightningCLI):
 
     def after_validate(self) -> None:
         rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self.metrics(), sort_keys=True))
-        self.write_summary("validate")
+        self.write_summary(self.subcommand)
 
-    def after_test(self) -> None:
-        rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self.metrics(), sort_keys=True))
-        self.write_summary("test")
+    after_test = after_validate
 
     def after_predict(self) -> None:
         w = self.prediction_writer

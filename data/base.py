@@ -94,13 +94,12 @@ class TaskDataModule(pl.LightningDataModule):
         return self.split_loader("predict", train=False, keep_order=True)      # input order: outputs line up
 
     def loader(self, dataset: Dataset, lengths: Sequence[int], collate: Callable, *, train: bool,
-               max_tokens: Optional[int] = None, group_by_length: bool = True, keep_order: bool = False,
-               batch_size: Optional[int] = None) -> DataLoader:
+               max_tokens: Optional[int] = None, group_by_length: bool = True, keep_order: bool = False) -> DataLoader:
         """Training batches (shuffled, length-grouped, equal counts per process, resumable) or evaluation batches
         (sorted by length, each example on exactly one process); `keep_order` (predict) keeps the input order on
         one process, so outputs line up with inputs."""
-        size = batch_size or (self.batch_size if train else self.eval_batch_size)
-        sampler = LengthGroupedSampler(lengths, size if max_tokens is None or batch_size else None,
+        size = self.batch_size if train else self.eval_batch_size
+        sampler = LengthGroupedSampler(lengths, size if max_tokens is None else None,
                                        max_tokens=max_tokens, shuffle=train,
                                        group_by_length=group_by_length and not keep_order, seed=self.seed,
                                        **({"num_replicas": 1, "rank": 0} if keep_order else {}))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Iterator, Optional
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Sampler
 
 
@@ -143,17 +144,11 @@ def pad_collate(pad: dict[str, int], masks: Optional[dict[str, str]] = None):
     def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
         for key, value in pad.items():
-            rows = [e[key] for e in examples]
-            longest = max(len(r) for r in rows)
-            out = torch.full((len(rows), longest), value, dtype=torch.long)       # (B, T)
-            for i, r in enumerate(rows):
-                out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-            batch[key] = out
+            rows = [torch.as_tensor(e[key], dtype=torch.long) for e in examples]
+            batch[key] = pad_sequence(rows, batch_first=True, padding_value=value)            # (B, T)
             if key in masks:
-                mask = torch.zeros(len(rows), longest, dtype=torch.long)
-                for i, r in enumerate(rows):
-                    mask[i, :len(r)] = 1
-                batch[masks[key]] = mask
+                lengths = torch.tensor([len(r) for r in rows])                                # (B,)
+                batch[masks[key]] = (torch.arange(batch[key].shape[1]) < lengths[:, None]).long()
         for key in examples[0]:
             if key not in pad:
                 values = [e[key] for e in examples]

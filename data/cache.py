@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
+from pytorch_lightning.utilities import rank_zero_info
+
 
 def content_key(*parts: str) -> str:
     """A short hash of the parts, in order (24 hex digits); a NUL ends each part, so ("ab", "c") != ("a", "bc")."""
@@ -33,6 +35,28 @@ def default_cache_dir() -> Path:
     root = os.environ.get("NLP_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nlp-suite")
     return Path(root) / "tokens"
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename it to `path`: an interrupted run never leaves a
+    partial file, and another process writing the same file at once writes the same bytes."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def cached_text(path: Optional[Path], build: Callable[[], str], what: str) -> str:
+    """The text stored at `path` (a trained vocabulary's JSON), or `build()`'s, stored there; `path` None: no cache.
+    Says which, naming `what`."""
+    if path is not None and path.exists():
+        rank_zero_info(f"{what} read from the cache: {path}")
+        return path.read_text(encoding="utf-8")
+    text = build()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        rank_zero_info(f"{what} cached in {path}")
+    return text
 
 
 def load_columns(cache_dir: str | Path, key: str) -> Optional[dict[str, list]]:

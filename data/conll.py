@@ -291,13 +291,8 @@ def words_to_tags(sentences: list[Sentence], windows: list[Window], predictions:
     for window, pred in zip(windows, predictions):
         for pos, si, wi in window.targets:
             tags[si][wi] = id2label[pred[pos]]
-    cut = 0
-    for row in tags:
-        for i, tag in enumerate(row):
-            if tag is None:
-                row[i] = "O"
-                cut += 1
-    return tags, cut
+    cut = sum(tag is None for row in tags for tag in row)
+    return [["O" if tag is None else tag for tag in row] for row in tags], cut
 
 
 # --------------------------------------------------------------------------- batching

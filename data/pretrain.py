@@ -31,7 +31,6 @@ import bisect
 import dataclasses
 import hashlib
 import json
-import os
 import random
 import re
 import time
@@ -52,7 +51,7 @@ from data.batching import pad_collate
 from data.errors import ConfigError, DataError
 from data.readers import read_table, read_text
 from data.squad import read_contexts
-from data.cache import default_cache_dir
+from data.cache import cached_text, content_key, default_cache_dir
 from data.text import read_documents
 from data.tokenization import load_tokenizer
 
@@ -700,22 +699,18 @@ class PretrainDataModule(TaskDataModule):
         # Keyed by the sentences the vocabulary learns from, not the files' bytes: training is not reproducible to
         # the last piece (see train_wordpiece), so the same text with a byte-order mark or CRLF line ends must find
         # the same vocabulary.
-        h = hashlib.sha256(json.dumps([WORDPIECE_CACHE_VERSION, hp.vocab_size, hp.lowercase]).encode())
-        for document in self.documents["train"]:
-            h.update("\n".join(s.text for s in document).encode() + b"\f")
-        path = self.cache_dir / f"wordpiece-{h.hexdigest()[:24]}.json"
-        if path.exists():
-            rank_zero_info(f"pretrain: WordPiece vocabulary read from the cache: {path}")
-            return path.read_text(encoding="utf-8")
-        start = time.perf_counter()
-        text = train_wordpiece(self.documents["train"], hp.vocab_size, hp.lowercase).to_str()
-        rank_zero_info(f"pretrain: WordPiece vocabulary of {hp.vocab_size} pieces trained in "
-                       f"{time.perf_counter() - start:.1f} s, cached in {path}")
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-        return text
+        key = content_key(json.dumps([WORDPIECE_CACHE_VERSION, hp.vocab_size, hp.lowercase]),
+                          *("\n".join(s.text for s in document) for document in self.documents["train"]))
+        path = self.cache_dir / f"wordpiece-{key}.json"
+
+        def train() -> str:
+            start = time.perf_counter()
+            text = train_wordpiece(self.documents["train"], hp.vocab_size, hp.lowercase).to_str()
+            rank_zero_info(f"pretrain: WordPiece vocabulary of {hp.vocab_size} pieces trained in "
+                           f"{time.perf_counter() - start:.1f} s")
+            return text
+
+        return cached_text(path, train, "pretrain: WordPiece vocabulary")
 
     def adopt(self, blueprint) -> None:
         super().adopt(blueprint)

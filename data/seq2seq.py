@@ -21,7 +21,6 @@ and "meeting" become one piece, and outputs are lowercase.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from data.base import TaskDataModule
 from data.batching import pad_collate
-from data.cache import cached_columns, content_key
+from data.cache import cached_columns, cached_text, content_key
 from data.errors import ConfigError, DataError
 from data.readers import read_json_lines, read_table, read_text
 from data.tokenization import load_tokenizer, tokenizer_from_str
@@ -426,19 +425,15 @@ class Seq2SeqDataModule(TaskDataModule):
         if hp.cache_dir:
             key = content_key(settings, "\x00".join(train.sources), "\x00".join(train.targets))
             path = Path(hp.cache_dir) / f"vocabulary-{key}.json"
-            if path.exists():
-                rank_zero_info(f"joint vocabulary read from the cache: {path}")
-                return tokenizer_from_str(read_text(path))
-        tokenizer = train_tokenizer(train.sources + train.targets, hp.vocab_size, hp.tokenizer_model,
-                                    hp.min_frequency, hp.lowercase)
-        rank_zero_info(f"joint {hp.tokenizer_model} vocabulary of {tokenizer.get_vocab_size():,} subwords trained on "
-                       f"the {len(train):,} training pairs")
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            partial.write_text(tokenizer.to_str(), encoding="utf-8")
-            os.replace(partial, path)                 # another process writing the same key writes the same file
-        return tokenizer
+
+        def train_joint() -> str:
+            tokenizer = train_tokenizer(train.sources + train.targets, hp.vocab_size, hp.tokenizer_model,
+                                        hp.min_frequency, hp.lowercase)
+            rank_zero_info(f"joint {hp.tokenizer_model} vocabulary of {tokenizer.get_vocab_size():,} subwords "
+                           f"trained on the {len(train):,} training pairs")
+            return tokenizer.to_str()
+
+        return tokenizer_from_str(cached_text(path, train_joint, "joint vocabulary"))
 
     # ---- encoding (cached), length filtering, loaders ---------------------------------------------------------
     def encoded(self, split: str) -> EncodedPairs:

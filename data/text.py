@@ -6,16 +6,15 @@ part only) with an end-of-text id between documents -> cache the ids as memory-m
 the file contents and the tokenizer, so a second run starts at once -> batches of blocks:
 
 - `RandomBlocks`: nanoGPT's `get_batch` (uniform random offsets, seeded generator), whole batches at a time.
-- `Blocks`: the block cutter, consecutive blocks over one split that score every target token exactly once.
 - `SlidingWindows`: perplexity with a sliding window; each window scores only its last `stride` tokens, so every
   token after the first window sees at least `block_size - stride + 1` tokens of context (exactly `block_size`
-  with stride 1).
+  with stride 1). With `stride = block_size` it is the block cutter: consecutive blocks over one split that score
+  every target token exactly once.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 from data.base import TaskDataModule
 from data.batching import world
-from data.cache import content_key, default_cache_dir
+from data.cache import cached_text, content_key, default_cache_dir, write_atomic
 from data.errors import ConfigError, DataError
 from data.readers import read_text, require_file
 from data.lm_tokenizer import TextTokenizer
@@ -70,12 +69,6 @@ def file_digest(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # Token cache
 # ---------------------------------------------------------------------------------------------------------
-def _write_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    array.tofile(tmp)
-    os.replace(tmp, path)
-
-
 def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
     """`{split: memmap}` from `cache_dir/key.*`, or `build()` -> {split: array} written there first.
 
@@ -86,10 +79,9 @@ def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
     if not meta_path.exists():
         arrays = build()
         for split, arr in arrays.items():
-            _write_atomic(cache_dir / f"{key}.{split}.bin", arr)
-        tmp = meta_path.with_suffix(f".json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({s: {"dtype": a.dtype.name, "length": int(a.size)} for s, a in arrays.items()}))
-        os.replace(tmp, meta_path)
+            write_atomic(cache_dir / f"{key}.{split}.bin", arr.tofile)
+        meta = json.dumps({s: {"dtype": a.dtype.name, "length": int(a.size)} for s, a in arrays.items()})
+        write_atomic(meta_path, lambda tmp: tmp.write_text(meta))
     meta = json.loads(meta_path.read_text())
     out = {}
     for split, m in meta.items():
@@ -112,15 +104,10 @@ def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str
                               "vocab.bpe (e.g. ../shared/data/tokenizers/gpt2)")
         return TextTokenizer.gpt2(path)
     if kind == "bpe":
-        cache_dir.mkdir(parents=True, exist_ok=True)
         saved = cache_dir / f"bpe-{content_key(CACHE_VERSION, corpus_key, str(bpe_vocab_size))}.json"
-        if saved.exists():
-            return TextTokenizer.from_str(saved.read_text())
-        tok = TextTokenizer.train_bpe(train_docs, bpe_vocab_size)
-        tmp = saved.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(tok.to_str())
-        os.replace(tmp, saved)
-        return tok
+        text = cached_text(saved, lambda: TextTokenizer.train_bpe(train_docs, bpe_vocab_size).to_str(),
+                           "byte-level BPE vocabulary")
+        return TextTokenizer.from_str(text)
     raise ConfigError(f"data.tokenizer {kind!r}: unknown tokenizer, expected char, gpt2 or bpe")
 
 
@@ -155,14 +142,16 @@ class RandomBlocks(IterableDataset):
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  num_batches: int | None = None, sampling: str = "random", skip: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int | None = None, rank: int | None = None):
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1")
         if sampling not in self.SAMPLING:
             raise ValueError(f"sampling {sampling!r} is not one of {self.SAMPLING}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.num_batches, self.seed, self.sampling, self.skip = num_batches, seed, sampling, skip
-        self.num_replicas, self.rank = num_replicas, rank
+        default_world, default_rank = world()                # this process's share by default
+        self.num_replicas = default_world if num_replicas is None else num_replicas
+        self.rank = default_rank if rank is None else rank
         self.rng = np.random.default_rng(seed)
         self.passes = 0
         self._offsets = np.arange(block_size + 1)
@@ -208,37 +197,10 @@ class RandomBlocks(IterableDataset):
             pending = pending[self.batch_size:]
 
 
-class Blocks(Dataset):
-    """The block cutter: consecutive blocks of one split. Block i feeds tokens [iT, iT+T) and predicts
-    [iT+1, iT+T]; the last block is padded (targets -100). Every token of the split except the first is a
-    target exactly once, and no block reaches outside the split."""
-
-    def __init__(self, tokens: np.ndarray, block_size: int, pad_id: int = 0):
-        self.tokens, self.block_size, self.pad_id = tokens, block_size, pad_id
-
-    def __len__(self) -> int:
-        return max(0, -(-(len(self.tokens) - 1) // self.block_size))
-
-    def span(self, i: int) -> tuple[int, int]:
-        """Token index range [start, end) that block i reads (inputs and targets together)."""
-        start = i * self.block_size
-        return start, min(start + self.block_size + 1, len(self.tokens))
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        start, end = self.span(i)
-        chunk = _as_long(self.tokens[start:end])
-        n = len(chunk) - 1
-        x = torch.full((self.block_size,), self.pad_id, dtype=torch.long)
-        y = torch.full((self.block_size,), IGNORE_INDEX, dtype=torch.long)
-        x[:n], y[:n] = chunk[:-1], chunk[1:]
-        return {"input_ids": x, "targets": y}
-
-
 class SlidingWindows(Dataset):
     """Windows of `block_size` tokens advancing by `stride`; window 0 scores all its targets, every later
-    window only its last `stride` targets (the others are -100). Each token 1..n-1 is scored exactly once."""
+    window only its last `stride` targets (the others are -100). Each token 1..n-1 is scored exactly once, no
+    window reaches outside `tokens`, and the last one is padded (`pad_id` in, -100 out)."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, stride: int, pad_id: int = 0):
         if not 1 <= stride <= block_size:
@@ -377,7 +339,7 @@ class TextDataModule(TaskDataModule):
         self.prepare_corpus()
         position = self.resume_position()                # (epoch, batches done): the stream is one endless epoch
         ds = RandomBlocks(self.splits["train"], self.block_size, self.batch_size, seed=self.seed,
-                          sampling=self.train_sampling, skip=position[1] if position else 0, **self._shard())
+                          sampling=self.train_sampling, skip=position[1] if position else 0)
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, generator=self.loader_generator())
 
@@ -387,10 +349,11 @@ class TextDataModule(TaskDataModule):
         if self.val_batches:      # each validation draws fresh batches, fixed by the seed and the pass number
             if self._val_stream is None:
                 self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size, seed=self.seed + 1,
-                                                num_batches=self.val_batches, **self._shard())
+                                                num_batches=self.val_batches)
                 self._val_stream.passes = self._val_passes
             return DataLoader(self._val_stream, batch_size=None, generator=self.loader_generator())
-        return self._evaluation_loader(Blocks(val, self.block_size, pad_id=self.tokenizer.eot_id))
+        blocks = SlidingWindows(val, self.block_size, stride=self.block_size, pad_id=self.tokenizer.eot_id)
+        return self._evaluation_loader(blocks)
 
     def test_dataloader(self) -> DataLoader:
         if not self.test_file:
@@ -405,12 +368,6 @@ class TextDataModule(TaskDataModule):
         """Consecutive batches of fixed-size blocks, each on exactly one process (the base's sampler)."""
         return self.loader(blocks, [self.block_size] * len(blocks), default_collate, train=False,
                            group_by_length=False)
-
-    @staticmethod
-    def _shard() -> dict[str, int]:
-        """This process's share of a random stream (RandomBlocks): (number of processes, rank)."""
-        num_replicas, rank = world()
-        return {"num_replicas": num_replicas, "rank": rank}
 
     def predict_dataloader(self) -> DataLoader:
         """Batches of {"index", "prompt"}: every line of the predict file, in order."""

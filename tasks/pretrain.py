@@ -25,7 +25,6 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics import Metric
 
-from data.errors import ConfigError
 from data.pretrain import IGNORE_INDEX, IS_NEXT, PretrainDataModule
 from modeling import BERT
 from tasks.base import Task
