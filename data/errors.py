@@ -1,8 +1,11 @@
-"""The one exception type for bad input data.
+"""The exception types for bad input data and bad settings.
 
 Raise `DataError(f"{path}, line {n}: what is wrong")`; run.py prints it as one line and exits non-zero
 before any training starts, so no checkpoint is written.
 """
+from __future__ import annotations
+
+import dataclasses
 
 
 class DataError(ValueError):
@@ -12,3 +15,11 @@ class DataError(ValueError):
 class ConfigError(ValueError):
     """Settings that do not fit together or do not fit the data (name the key: `model.pooling ...`).
     run.py prints it as one line and exits with 2, like an unknown key, before any checkpoint is written."""
+
+
+def check_fields(cls: type, fields, source: str, what: str) -> None:
+    """A one-line ConfigError naming the first key of `fields` that the dataclass `cls` has no field for."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown {what} {unknown[0]!r} (known: {', '.join(sorted(known))})")

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.base import TaskDataModule
 from data.batching import pad_collate
-from data.errors import ConfigError, DataError
+from data.errors import ConfigError, DataError, check_fields
 from data.readers import read_table, read_text
 from data.squad import read_contexts
 from data.cache import cached_text, content_key, default_cache_dir
@@ -575,10 +575,9 @@ def corpus_files(files: Sequence[str | dict], key: str = "data.files") -> list[C
     out = []
     for i, entry in enumerate(files):
         if isinstance(entry, dict):
-            unknown = sorted(set(entry) - known)
-            if unknown or "path" not in entry:
-                raise ConfigError(f"{key}[{i}]: " + (f"unknown key {unknown[0]!r}" if unknown else "no 'path'")
-                                  + f" (keys: {', '.join(sorted(known))})")
+            check_fields(CorpusFile, entry, f"{key}[{i}]", "key")
+            if "path" not in entry:
+                raise ConfigError(f"{key}[{i}]: no 'path' (keys: {', '.join(sorted(known))})")
             articles = entry.get("articles")
             if articles is not None and not (isinstance(articles, (list, tuple)) and len(articles) == 2
                                              and all(isinstance(a, int) for a in articles)):

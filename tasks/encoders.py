@@ -2,7 +2,6 @@
 own checkpoints (every BERT task keeps it under `bert.*`), so one task can start from another's model."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pickle
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Optional
 
 from safetensors import SafetensorError
 
-from data.errors import ConfigError
+from data.errors import ConfigError, check_fields
 from modeling import BERT, BertConfig
 from modeling.hf import load_bert
 from tasks.checkpoint import blueprint, read_checkpoint
@@ -23,11 +22,8 @@ _HEADS = ("mlm_head.", "nsp_head.")
 
 def bert_config(fields: dict, overrides: Optional[dict] = None, source: str = "model.config") -> BertConfig:
     """A BertConfig from `fields` updated with `overrides`; an unknown field is a one-line ConfigError."""
-    known = {f.name for f in dataclasses.fields(BertConfig)}
     merged = {**fields, **(overrides or {})}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown BERT setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    check_fields(BertConfig, merged, source, "BERT setting")
     return BertConfig(**merged)
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torchmetrics import MeanMetric, SumMetric
 
-from data.errors import ConfigError
+from data.errors import ConfigError, check_fields
 from data.lm_tokenizer import TextTokenizer
 from modeling import GPT, GPTConfig
 from modeling.generation import generate
@@ -128,10 +128,7 @@ class LMTask(Task):
             except (ValueError, KeyError, OSError) as e:
                 raise ConfigError(f"{h.pretrained}: cannot load a GPT-2 model: {str(e).splitlines()[0]}") from None
         else:
-            fields = {f.name for f in dataclasses.fields(GPTConfig)}
-            unknown = sorted(set(h.config or {}) - fields)
-            if unknown:
-                raise ConfigError(f"model.config: unknown GPT setting {unknown[0]!r} (known: {', '.join(sorted(fields))})")
+            check_fields(GPTConfig, h.config or {}, "model.config", "GPT setting")
             config = {"max_positions": data.block_size, **(h.config or {}), "vocab_size": tokenizer.vocab_size}
             model = GPT(GPTConfig(**config))
         if model.config.vocab_size < tokenizer.vocab_size:

@@ -44,7 +44,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from data.errors import ConfigError
+from data.errors import ConfigError, check_fields
 from data.seq2seq import SPECIAL_TOKENS, SpecialTokens, special_tokens
 from data.tokenization import tokenizer_from_str
 from modeling import Transformer, TransformerConfig
@@ -175,9 +175,7 @@ class Seq2SeqTask(Task):
     def create(self, data) -> Blueprint:
         hp = self.hparams
         overrides = dict(hp.config or {})
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TransformerConfig)})
-        if unknown:
-            raise ConfigError(f"model.config: unknown Transformer setting {unknown[0]!r}")
+        check_fields(TransformerConfig, overrides, "model.config", "Transformer setting")
         if hp.pretrained:
             model = self._warm_start(data, overrides)
         else:
