@@ -131,8 +131,6 @@ def read_plain_text(path: str | Path) -> list[Sentence]:
     """One sentence per line, tokenized on whitespace and punctuation; blank lines separate documents. Every line is
     kept, a blank one as a sentence without words, so predictions line up one to one with the input lines."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: text file not found" if not path.exists() else f"{path}: not a file")
     sentences, doc = [], 0
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         matches = list(TOKEN_RE.finditer(line))

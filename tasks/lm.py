@@ -49,10 +49,7 @@ def generate_ids(model: GPT, ids: list[int], max_new_tokens: int, *, num_samples
     ids = ids[-block:]
     device = next(model.parameters()).device
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     was_training = model.training
     model.eval()
     try:
