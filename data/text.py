@@ -80,8 +80,8 @@ def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
         arrays = build()
         for split, arr in arrays.items():
             write_atomic(cache_dir / f"{key}.{split}.bin", arr.tofile)
-        meta = json.dumps({s: {"dtype": a.dtype.name, "length": int(a.size)} for s, a in arrays.items()})
-        write_atomic(meta_path, lambda tmp: tmp.write_text(meta))
+        shapes = json.dumps({s: {"dtype": a.dtype.name, "length": int(a.size)} for s, a in arrays.items()})
+        write_atomic(meta_path, lambda tmp: tmp.write_text(shapes))
     meta = json.loads(meta_path.read_text())
     out = {}
     for split, m in meta.items():
