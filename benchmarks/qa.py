@@ -55,7 +55,7 @@ def recorded_baseline() -> dict:
 
 def run_stage(cmd: list[str]) -> None:
     """One `python run.py ...` in a fresh process, echoed; a failure ends the benchmark."""
-    shown = " ".join(["python", *cmd[1:]])
+    shown = shlex.join(["python", *cmd[1:]])
     print(f"$ {shown}", flush=True)
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise SystemExit(f"{shown}: failed")
@@ -74,7 +74,7 @@ def run_ours(config: str, extra_args: list[str], baseline: dict, run_dir: str, n
         label.append(" ".join(["after pretrain", Path(tapt).stem, *tapt_args]))
     stages.append([sys.executable, "run.py", "qa", "fit", "--config", config, "--run_dir", run_dir,
                    "--trainer.enable_progress_bar", "false", *extra_args])
-    shown = " && ".join(" ".join(["python", *cmd[1:]]) for cmd in stages)
+    shown = " && ".join(shlex.join(["python", *cmd[1:]]) for cmd in stages)   # quoted: it can be pasted
     monitor = LoadMonitor()
     start = time.perf_counter()
     for cmd in stages:
