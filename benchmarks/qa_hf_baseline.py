@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n_best", type=int, default=20)
     p.add_argument("--max_answer_length", type=int, default=30)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max_steps", type=int, default=0, help="stop training after N steps (smoke test)")
     p.add_argument("--limit_eval", type=int, default=0, help="evaluate the first N questions only (smoke test)")
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer = BertTokenizerFast.from_pretrained(args.model)
-    model = BertForQuestionAnswering.from_pretrained(args.model)
+    model = BertForQuestionAnswering.from_pretrained(args.model).to(args.device)
     train_questions = read_questions(Path(args.data), range(0, 38))
     eval_questions = read_questions(Path(args.data), range(38, 48))
     if args.limit_eval:
@@ -161,7 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
     t_train, step = time.perf_counter(), 0
     while step < steps:
-        for input_ids, token_type_ids, attention_mask, start_positions, end_positions in loader:
+        for batch in loader:
+            input_ids, token_type_ids, attention_mask, start_positions, end_positions = (t.to(args.device)
+                                                                                          for t in batch)
             loss = model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask,
                          start_positions=start_positions, end_positions=end_positions).loss
             loss.backward()
@@ -179,11 +182,11 @@ def main(argv: list[str] | None = None) -> dict:
     model.eval()
     start_logits, end_logits = [], []
     with torch.no_grad():
-        for input_ids, token_type_ids, attention_mask in torch.utils.data.DataLoader(eval_set,
-                                                                                    batch_size=args.eval_batch_size):
+        for batch in torch.utils.data.DataLoader(eval_set, batch_size=args.eval_batch_size):
+            input_ids, token_type_ids, attention_mask = (t.to(args.device) for t in batch)
             out = model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
-            start_logits.append(out.start_logits.numpy())
-            end_logits.append(out.end_logits.numpy())
+            start_logits.append(out.start_logits.cpu().numpy())
+            end_logits.append(out.end_logits.cpu().numpy())
     predictions = best_spans(eval_questions, question_of, offsets, np.concatenate(start_logits),
                              np.concatenate(end_logits), args.n_best, args.max_answer_length)
     em = 100.0 * np.mean([exact_match(pred, q["answers"]) for pred, q in zip(predictions, eval_questions)])
@@ -194,13 +197,13 @@ def main(argv: list[str] | None = None) -> dict:
     load = monitor.stop()
     print(f"EM {em:.2f}  F1 {f1_score:.2f}  ({len(eval_questions)} questions, {len(question_of)} windows)  "
           f"train {train_s:.0f}s ({step} steps, {len(train_set)} windows)  wall {wall_s:.0f}s  cpu {cpu_s:.0f}s  "
-          f"mean load {load:.2f}  threads {torch.get_num_threads()}")
+          f"mean load {load:.2f}  threads {torch.get_num_threads()}  device {args.device}")
     result = {"exact_match": em, "f1": f1_score, "wall_s": wall_s, "train_s": train_s, "cpu_s": cpu_s,
               "mean_load": load}
     if not args.no_record and not args.max_steps and not args.limit_eval:
         extra = dict(train_s=round(train_s, 1), cpu_s=round(cpu_s, 1), mean_load=round(load, 2), steps=steps,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=torch.get_num_threads(),
-                     train_windows=len(train_set), eval_windows=len(question_of))
+                     train_windows=len(train_set), eval_windows=len(question_of), device=args.device)
         command = "flock /tmp/heavy.lock python benchmarks/qa_hf_baseline.py"
         record("qa", CONFIG, "exact_match", em, wall_s, command=command, **extra)
         record("qa", CONFIG, "f1", f1_score, wall_s, command=command, **extra)

@@ -15,15 +15,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${PROBE_THREADS:-1}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUTDIR/probe_logs"
-if [ -f "$MINILM/model.fp16.safetensors" ] && [ ! -f "$MINILM/model.safetensors" ]; then
-    $PY - "$MINILM" <<'EOF'
-import sys
-from safetensors.torch import load_file, save_file
-d = sys.argv[1]
-save_file({k: v.float() if v.is_floating_point() else v for k, v in load_file(f"{d}/model.fp16.safetensors").items()},
-          f"{d}/model.safetensors")
-EOF
-fi
+$PY benchmarks/widen_fp16.py widen "$MINILM" || exit 1     # float32 from the float16 copy, if that came
 
 COMMON=(--config configs/qa/squad_minilm.yaml --model.pretrained "$MINILM" --data.tokenizer "$MINILM"
         --data.split_file "$SQUAD" --data.train_articles "[0, 30]" --data.eval_articles "[30, 38]"
