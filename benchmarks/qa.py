@@ -8,6 +8,8 @@ Only SQuAD v1.1 dev is here: both train on its articles 0-37 and evaluate on art
     python benchmarks/qa.py --which hf      # the HF loop only (benchmarks/qa_hf_baseline.py)
     python benchmarks/qa.py --which ours --tapt configs/pretrain/minilm_squad.yaml   # continued pre-training on
                                             # the training articles first; the QA fit starts from its last.ckpt
+    bash benchmarks/qa_gpu.sh OUTDIR MINILM_DIR SQUAD_JSON   # `--which both` with continued pre-training on one
+                                            # CUDA GPU: one device call (its header says what to carry)
     python benchmarks/qa.py --which both --no_record --hf_args "--max_steps 3 --limit_eval 50" \
         -- --trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 2   # smoke test
 
