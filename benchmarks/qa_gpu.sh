@@ -8,8 +8,9 @@
 # The configs read ../shared/data/models/all-MiniLM-L6-v2 and ../shared/data/squad/dev-v1.1.json, which a lease does
 # not carry: where they are missing, this links MINILM_DIR and SQUAD_JSON there. MINILM_DIR may hold the weights as
 # float16 (`python benchmarks/widen_fp16.py narrow ../shared/data/models/all-MiniLM-L6-v2 shared/minilm` here; the
-# float32 file is 91 MB, a lease carries 64 MiB); they are widened to float32 first. Python packages the GPU machine
-# lacks: as benchmarks/gpu_check.sh says (.whl/, installed under /tmp/site).
+# float32 file is 91 MB, a lease carries 64 MiB, and a shared/ folder in the checkout travels, git-ignored); they are
+# widened to float32 first. Python packages the GPU machine lacks: as benchmarks/gpu_check.sh says (.whl/, installed
+# under /tmp/site).
 # QA_GPU_SMOKE=1: a few steps of each stage, nothing recorded (QA_GPU_ACCELERATOR=cpu runs that on a CPU).
 set -u
 OUTDIR=${1:?usage: OUTDIR MINILM_DIR SQUAD_JSON}; MINILM=$(realpath "${2:?}"); SQUAD=$(realpath "${3:?}")
