@@ -32,10 +32,9 @@ class EncodedDataset(Dataset):
 
     def __init__(self, columns: dict[str, list]):
         self.columns = columns
-        self.n = len(columns["input_ids"])
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.columns["input_ids"])
 
     def __getitem__(self, i: int) -> dict:
         return {k: v[i] for k, v in self.columns.items()}

@@ -13,6 +13,7 @@ the file contents and the tokenizer, so a second run starts at once -> batches o
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -295,17 +296,13 @@ class TextDataModule(TaskDataModule):
             raise DataError("data.train_files: no training text files given")
         digests = [file_digest(p) for p in self.train_files]
         corpus_key = content_key(*digests, str(self.val_fraction))
-        docs = None
-
-        def documents():
-            nonlocal docs
-            if docs is None:
-                all_docs = read_documents(self.train_files)
-                docs = (all_docs, *split_documents(all_docs, self.val_fraction))
-            return docs
+        @functools.cache
+        def documents():                    # read once, and only if the tokenizer or the token cache needs them
+            all_docs = read_documents(self.train_files)
+            return (all_docs, *split_documents(all_docs, self.val_fraction))
 
         if self.tokenizer is None:
-            if self.tokenizer_kind == "char" or self.tokenizer_kind == "bpe":
+            if self.tokenizer_kind in ("char", "bpe"):
                 all_docs, train_docs, _ = documents()
             else:
                 all_docs = train_docs = []

@@ -27,7 +27,7 @@ class EntityF1(Metric):
         self.add_state("gold", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
 
     def _count(self, spans: set[tuple[str, int, int]]) -> torch.Tensor:
-        counts = torch.zeros(len(self.types), dtype=torch.long)
+        counts = torch.zeros(len(self.types), dtype=torch.long, device=self.correct.device)
         for etype, _, _ in spans:
             if etype not in self.index:
                 raise ValueError(f"entity type {etype!r} is not one of {self.types}")
@@ -42,10 +42,9 @@ class EntityF1(Metric):
             if len(p) != len(g):
                 raise ValueError(f"a sentence has {len(p)} predicted tags but {len(g)} gold tags")
             pred_spans, gold_spans = set(entities(p, self.strict)), set(entities(g, self.strict))
-            device = self.correct.device
-            self.correct += self._count(pred_spans & gold_spans).to(device)
-            self.predicted += self._count(pred_spans).to(device)
-            self.gold += self._count(gold_spans).to(device)
+            self.correct += self._count(pred_spans & gold_spans)
+            self.predicted += self._count(pred_spans)
+            self.gold += self._count(gold_spans)
 
     @staticmethod
     def _prf(correct: int, predicted: int, gold: int) -> tuple[float, float, float]:
