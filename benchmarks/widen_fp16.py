@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 
@@ -22,7 +23,6 @@ def convert(src: Path, dst: Path, dtype) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import torch
     if len(argv) == 3 and argv[0] == "narrow":
         src, out = Path(argv[1]), Path(argv[2])
         out.mkdir(parents=True, exist_ok=True)

@@ -697,9 +697,9 @@ class PretrainDataModule(TaskDataModule):
         self._split_corpus()
         # Keyed by the sentences the vocabulary learns from, not the files' bytes: training is not reproducible to
         # the last piece (see train_wordpiece), so the same text with a byte-order mark or CRLF line ends must find
-        # the same vocabulary.
+        # the same vocabulary. One key per document, so the corpus is never joined into one more copy in memory.
         key = content_key(json.dumps([WORDPIECE_CACHE_VERSION, hp.vocab_size, hp.lowercase]),
-                          *("\n".join(s.text for s in document) for document in self.documents["train"]))
+                          *(content_key(*(s.text for s in document)) for document in self.documents["train"]))
         path = self.cache_dir / f"wordpiece-{key}.json"
 
         def train() -> str:
