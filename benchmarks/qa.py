@@ -76,13 +76,13 @@ def score_last_weights(config: str, run_dir: str, extra_args: list[str]) -> None
     ckpt["state_dict"] = ckpt.pop("current_model_state")
     torch.save(ckpt, checkpoints / "last_weights.ckpt")
     out = f"{run_dir}_last_weights"
-    limit = []                                 # a smoke test's --trainer.limit_val_batches N
+    kept = []          # the fit's device, a smoke test's --trainer.limit_val_batches N (`--key value` or `--key=value`)
     for i, a in enumerate(extra_args):
-        if a.startswith("--trainer.limit_val_batches"):
-            limit += extra_args[i:i + 1 + ("=" not in a)]
+        if a.split("=")[0] in ("--trainer.accelerator", "--trainer.devices", "--trainer.limit_val_batches"):
+            kept += extra_args[i:i + 1 + ("=" not in a)]
     run_stage([sys.executable, "run.py", "qa", "validate", "--config", config,
                "--ckpt_path", str(checkpoints / "last_weights.ckpt"), "--run_dir", out,
-               "--trainer.enable_progress_bar", "false", *limit])
+               "--trainer.enable_progress_bar", "false", *kept])
     metrics = json.loads((ROOT / out / "validate_metrics.json").read_text())["metrics"]
     print(f"qa, the last weights (not averaged) of the same run: EM {metrics['val/exact_match']:.2f}  "
           f"F1 {metrics['val/f1']:.2f}", flush=True)
