@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks import qa_hf_baseline  # noqa: E402
@@ -68,20 +70,19 @@ def run_stage(cmd: list[str]) -> None:
 def score_last_weights(config: str, run_dir: str, extra_args: list[str]) -> None:
     """EM / F1 of the last weights of a fit that averaged weights (`current_model_state` in its last.ckpt), on the
     evaluation data of `config`, printed."""
-    import torch
-    checkpoints = ROOT / run_dir / "checkpoints"
-    ckpt = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    ckpt = torch.load(ROOT / run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     if "current_model_state" not in ckpt:
         return
     ckpt["state_dict"] = ckpt.pop("current_model_state")
-    torch.save(ckpt, checkpoints / "last_weights.ckpt")
-    out = f"{run_dir}_last_weights"
+    out = f"{run_dir}_last_weights"             # not in the run's checkpoints/: `--ckpt_path last` would take it
+    (ROOT / out).mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, ROOT / out / "last_weights.ckpt")
     kept = []          # the fit's device, a smoke test's --trainer.limit_val_batches N (`--key value` or `--key=value`)
     for i, a in enumerate(extra_args):
         if a.split("=")[0] in ("--trainer.accelerator", "--trainer.devices", "--trainer.limit_val_batches"):
             kept += extra_args[i:i + 1 + ("=" not in a)]
     run_stage([sys.executable, "run.py", "qa", "validate", "--config", config,
-               "--ckpt_path", str(checkpoints / "last_weights.ckpt"), "--run_dir", out,
+               "--ckpt_path", str(ROOT / out / "last_weights.ckpt"), "--run_dir", out,
                "--trainer.enable_progress_bar", "false", *kept])
     metrics = json.loads((ROOT / out / "validate_metrics.json").read_text())["metrics"]
     print(f"qa, the last weights (not averaged) of the same run: EM {metrics['val/exact_match']:.2f}  "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12's wall-time comparison on a GPU lease, in one call: `benchmarks/qa.py --which both` (continued
-# pre-training and our qa fit, then the transformers loop), one CUDA GPU, float32, both recorded in benchmarks/results.jsonl
-# (the rows added are copied to OUTDIR/results_new.jsonl; the logs to OUTDIR).
+# pre-training and our qa fit, then the transformers loop), one CUDA GPU, float32, both recorded in
+# benchmarks/results.jsonl (the rows added are copied to OUTDIR/results_new.jsonl; the logs to OUTDIR).
 #
 #   bash benchmarks/qa_gpu.sh OUTDIR MINILM_DIR SQUAD_JSON
 #

@@ -296,6 +296,7 @@ class TextDataModule(TaskDataModule):
             raise DataError("data.train_files: no training text files given")
         digests = [file_digest(p) for p in self.train_files]
         corpus_key = content_key(*digests, str(self.val_fraction))
+
         @functools.cache
         def documents():                    # read once, and only if the tokenizer or the token cache needs them
             all_docs = read_documents(self.train_files)

@@ -62,6 +62,12 @@ class TailAveraging(WeightAveraging):
             self._last_state = {name: t.detach().clone() for name, t in pl_module.state_dict().items()}
             self._copy_average_to_current(pl_module)
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Only a fit's checkpoint written during averaging has a mean to restore. Before that, the mean starts
+        # empty, as in the uninterrupted run; outside fit (validate, predict) the checkpoint's state_dict is used.
+        if self._average_model is not None and "current_model_state" in checkpoint:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self.averaging:      # before that the average model is only a copy of the initial weights
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
