@@ -426,6 +426,24 @@ def best_answers(questions: list[Question], windows: list[Window], start_logits,
     return answers
 
 
+IGNORE_TARGET = -100      # pads a window's list of answer positions (F.cross_entropy's ignore_index)
+
+
+def together(windows: list[Window]) -> list[dict]:
+    """The examples of `windows` (as window_example), consecutive copies of one window (the same question and
+    tokens, one per answer it holds: build_windows with all_answers) merged into one whose start_positions /
+    end_positions list all its answers."""
+    examples: list[dict] = []
+    for i, w in enumerate(windows):
+        if i and w.question == windows[i - 1].question and w.input_ids == windows[i - 1].input_ids:
+            examples[-1]["start_positions"].append(w.start_position)
+            examples[-1]["end_positions"].append(w.end_position)
+        else:
+            examples.append({**window_example(i, w), "start_positions": [w.start_position],
+                             "end_positions": [w.end_position]})
+    return examples
+
+
 # --------------------------------------------------------------------------- data module
 
 
@@ -468,7 +486,9 @@ class SquadDataModule(TaskDataModule):
             max_query_length: questions longer than this many tokens are cut.
             train_answers: "first": training labels from each question's first gold answer (the official scripts);
                 "all": from each distinct gold answer, a window holding k of them trained on k times, once with
-                each (SQuAD dev gives up to three answers per question). Evaluation is unchanged.
+                each (SQuAD dev gives up to three answers per question); "all_together": the same labels and the
+                same loss, but a window is computed once, with its k answers as k targets (batches of windows,
+                so an epoch takes fewer steps). Evaluation is unchanged.
             group_by_length: training batches of windows of similar length.
             cache_dir: where windows are cached, keyed by questions, tokenizer and settings (None: no cache).
         """
@@ -477,8 +497,8 @@ class SquadDataModule(TaskDataModule):
             check_window_settings(max_length, doc_stride, max_query_length)
         except ConfigError as e:
             raise ConfigError(f"data.{e}") from None
-        if train_answers not in ("first", "all"):
-            raise ConfigError(f"data.train_answers {train_answers!r}: must be 'first' or 'all'")
+        if train_answers not in ("first", "all", "all_together"):
+            raise ConfigError(f"data.train_answers {train_answers!r}: must be 'first', 'all' or 'all_together'")
         if split_file and (train_file or val_file):
             raise ConfigError("data.split_file gives both training and evaluation questions: leave data.train_file "
                               "and data.val_file unset (null)")
@@ -560,7 +580,7 @@ class SquadDataModule(TaskDataModule):
                                                 all_answers=self._all_answers(split)))
 
     def _all_answers(self, split: str) -> bool:
-        return split == "train" and self.hparams.train_answers == "all"
+        return split == "train" and self.hparams.train_answers in ("all", "all_together")
 
     def _cache_key(self, split: str) -> str:
         """Everything the windows depend on: tokenizer, window settings, and each question's text, context and
@@ -574,7 +594,10 @@ class SquadDataModule(TaskDataModule):
     def split_loader(self, split: str, train: bool, keep_order: bool) -> DataLoader:
         """Predict keeps file order: the task writes each question's answer once all its windows are predicted."""
         _, windows = self.examples(split)
-        pad = self.tokenizer.token_to_id("[PAD]") or 0
-        return self.loader([window_example(i, w) for i, w in enumerate(windows)],
-                           [len(w.input_ids) for w in windows], pad_collate({"input_ids": pad, "token_type_ids": 0}),
+        pad = {"input_ids": self.tokenizer.token_to_id("[PAD]") or 0, "token_type_ids": 0}
+        examples = [window_example(i, w) for i, w in enumerate(windows)]
+        if split == "train" and self.hparams.train_answers == "all_together":
+            examples = together(windows)
+            pad |= {"start_positions": IGNORE_TARGET, "end_positions": IGNORE_TARGET}
+        return self.loader(examples, [len(e["input_ids"]) for e in examples], pad_collate(pad),
                            train=train, keep_order=keep_order, group_by_length=self.hparams.group_by_length or not train)

@@ -23,12 +23,21 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from data.errors import ConfigError
-from data.squad import best_answers
+from data.squad import IGNORE_TARGET, best_answers
 from modeling import BERT
 from tasks.base import Task
 from tasks.checkpoint import Blueprint
 from tasks.encoders import bert_config, new_encoder
 from tasks.squad_metric import SquadScores
+
+
+def span_loss(logits: Tensor, positions: Tensor) -> Tensor:
+    """Cross-entropy of start (or end) logits (B, T) against one position per window (B,), or against each of a
+    window's answers (B, A), padded with IGNORE_TARGET: the mean over all (window, answer) pairs of the batch, what
+    the same windows repeated once per answer would give."""
+    if positions.dim() == 2:
+        logits = logits[:, :, None].expand(-1, -1, positions.shape[1])        # (B, T, A): the logits per answer
+    return F.cross_entropy(logits, positions, ignore_index=IGNORE_TARGET)
 
 
 class QATask(Task):
@@ -83,7 +92,7 @@ class QATask(Task):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         start, end = self._logits(batch)
-        loss = (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
+        loss = (span_loss(start, batch["start_positions"]) + span_loss(end, batch["end_positions"])) / 2
         self.log("train/loss", loss, prog_bar=True, batch_size=start.size(0))
         return loss
 

@@ -230,6 +230,34 @@ def test_all_answers_labels_every_distinct_gold_answer_once_per_window(tokenizer
     assert len(every) > len(first)
 
 
+def test_all_together_holds_every_window_once_with_all_its_answers(tokenizer, questions):
+    """`together` (train_answers all_together): one example per distinct window, whose targets are exactly the labels
+    its copies carry under `all`, and the padded batch of them gives the loss of the copies."""
+    from data.batching import pad_collate
+    from data.squad import IGNORE_TARGET, together, window_example
+    from tasks.qa import span_loss
+    every = build_windows(tokenizer, questions, 128, 32, all_answers=True)
+    merged = together(every)
+    copies = Counter((w.question, tuple(w.input_ids)) for w in every)
+    assert len(merged) == len(copies) < len(every)
+    labels = Counter((tuple(every[e["index"]].input_ids), s, t) for e in merged
+                     for s, t in zip(e["start_positions"], e["end_positions"]))
+    assert labels == Counter((tuple(w.input_ids), w.start_position, w.end_position) for w in every)
+    assert max(len(e["start_positions"]) for e in merged) > 1
+
+    # the loss over a batch of merged windows equals the mean loss over their copies
+    batch = [e for e in merged if len(e["start_positions"]) > 1][:3] + merged[:5]
+    pad = {"input_ids": 0, "token_type_ids": 0}
+    joint = pad_collate(pad | {"start_positions": IGNORE_TARGET, "end_positions": IGNORE_TARGET})(batch)
+    repeated = pad_collate(pad)([{**e, "start_positions": s, "end_positions": t} for e in batch
+                                 for s, t in zip(e["start_positions"], e["end_positions"])])
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(len(batch), joint["input_ids"].shape[1], generator=generator)                   # (B, T)
+    rows = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(e["start_positions"]) for e in batch]))
+    for key in ("start_positions", "end_positions"):
+        torch.testing.assert_close(span_loss(logits, joint[key]), span_loss(logits[rows], repeated[key]))
+
+
 def test_window_cache_round_trip(tmp_path, tokenizer, questions):
     import datasets
     windows = build_windows(tokenizer, questions, max_length=128, doc_stride=32)
@@ -430,5 +458,5 @@ def test_bad_input_jsonl(tmp_path, line, expected):
 
 def test_bad_train_answers_setting():
     from data.squad import SquadDataModule
-    with pytest.raises(ConfigError, match=r"^data.train_answers 'every': must be 'first' or 'all'$"):
+    with pytest.raises(ConfigError, match=r"^data.train_answers 'every': must be 'first', 'all' or 'all_together'$"):
         SquadDataModule(split_file=str(FIXTURES / "squad_dev_sample.json"), train_answers="every")

@@ -4,6 +4,7 @@ no evaluation article in training, the window cache, bad input as one line."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -156,6 +157,19 @@ def test_fit_writes_a_checkpoint_that_answers_its_training_questions(trained, tm
     assert run.main(["qa", "validate", "--ckpt_path", checkpoint(trained), "--data.split_file", "null",
                      "--data.val_file", one_article(tmp_path, 0), "--run_dir", str(tmp_path / "val"), *QUIET]) == 0
     assert metrics(tmp_path / "val", "validate")["val/exact_match"] > 20
+
+
+def test_all_together_trains_each_window_once(tmp_path):
+    """train_answers all_together: an epoch has one example per window, fewer than `all`'s copies, and trains."""
+    steps = {}
+    for answers in ("all", "all_together"):
+        run_dir = tmp_path / answers
+        assert run.main(["qa", "fit", "--wandb", "false", "--trainer.max_epochs", "1", "--data.train_answers", answers,
+                         "--data.batch_size", "4", "--run_dir", str(run_dir), "--data.cache_dir",
+                         str(tmp_path / "cache"), *QUIET]) == 0
+        steps[answers] = json.loads((run_dir / "fit_metrics.json").read_text())["global_step"]
+        assert math.isfinite(metrics(run_dir, "fit")["train/loss"])
+    assert 0 < steps["all_together"] < steps["all"]
 
 
 def test_padding_is_masked_out_of_the_span_scores(trained):
