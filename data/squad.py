@@ -595,9 +595,10 @@ class SquadDataModule(TaskDataModule):
         """Predict keeps file order: the task writes each question's answer once all its windows are predicted."""
         _, windows = self.examples(split)
         pad = {"input_ids": self.tokenizer.token_to_id("[PAD]") or 0, "token_type_ids": 0}
-        examples = [window_example(i, w) for i, w in enumerate(windows)]
         if split == "train" and self.hparams.train_answers == "all_together":
             examples = together(windows)
             pad |= {"start_positions": IGNORE_TARGET, "end_positions": IGNORE_TARGET}
+        else:
+            examples = [window_example(i, w) for i, w in enumerate(windows)]
         return self.loader(examples, [len(e["input_ids"]) for e in examples], pad_collate(pad),
                            train=train, keep_order=keep_order, group_by_length=self.hparams.group_by_length or not train)
