@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback, LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from pytorch_lightning.cli import LightningCLI  # noqa: E402
 from pytorch_lightning.loggers import CSVLogger  # noqa: E402
+from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
 
@@ -325,16 +326,25 @@ class TaskCLI(LightningCLI):
         step = self.validation_step.step
         return step is not None and step != self.trainer.global_step
 
+    @property
+    def final_step(self) -> int:
+        """The fit's last optimizer step. Under ddp_fork / ddp_spawn the processes that trained were children, and
+        Lightning does not bring their step count back to this one: their last.ckpt holds it."""
+        path = self.last_checkpoint.path if self.last_checkpoint is not None else None
+        if isinstance(self.trainer.strategy.launcher, _MultiProcessingLauncher) and path is not None and path.exists():
+            return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
+        return self.trainer.global_step
+
     def after_fit(self) -> None:
         best = self.trainer.checkpoint_callback
         lines = [f"run directory: {self.run_dir}"]
         if self.interrupted:
-            lines.append(f"interrupted at step {self.trainer.global_step}: resume with --ckpt_path last")
+            lines.append(f"interrupted at step {self.final_step}: resume with --ckpt_path last")
         if best is not None and best.best_model_path:
             score = "" if best.best_model_score is None else f" ({best.monitor}={float(best.best_model_score):.4f})"
             lines.append(f"best checkpoint: {best.best_model_path}{score}")
         if self.last_checkpoint is not None:
-            lines.append(f"last checkpoint: {self.last_checkpoint.path} (step {self.trainer.global_step})")
+            lines.append(f"last checkpoint: {self.last_checkpoint.path} (step {self.final_step})")
         # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results
         shown = {k: v for k, v in self.metrics().items() if not k.startswith("lr-")}
         lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
@@ -364,7 +374,7 @@ class TaskCLI(LightningCLI):
         if self.trainer.global_rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        summary = {"subcommand": sub, "metrics": self.metrics(), "global_step": self.trainer.global_step}
+        summary = {"subcommand": sub, "metrics": self.metrics(), "global_step": self.final_step}
         if sub == "fit":
             best = self.trainer.checkpoint_callback
             summary.update(best_checkpoint=(best.best_model_path or None) if best else None,

@@ -70,7 +70,7 @@ class Task(pl.LightningModule):
                  eps: float = 1e-8, warmup_steps: Optional[int] = None, warmup_ratio: float = 0.0,
                  schedule: Literal["linear", "cosine", "constant", "inverse_sqrt"] = "linear",
                  min_lr_ratio: float = 0.0, decay_steps: Optional[int] = None, layer_decay: float = 1.0,
-                 head_lr: Optional[float] = None, fused: Optional[bool] = None):
+                 head_lr: Optional[float] = None, freeze_depth: int = 0, fused: Optional[bool] = None):
         """
         Args:
             pretrained: where the weights start: a Hugging Face directory, a hub name (online), or one of our .ckpt
@@ -87,6 +87,9 @@ class Task(pl.LightningModule):
             decay_steps: steps over which the decay runs (default: all training steps).
             layer_decay: layer-wise learning-rate decay over the encoder (1.0: off).
             head_lr: learning rate of the parameters outside the encoder (default: lr).
+            freeze_depth: hold the bottom of the encoder fixed, counted as layer_decay counts it: 1 the embeddings,
+                2 the embeddings and layer 0, and so on (0: train everything). Nothing below the first trained
+                layer needs a backward pass, so each frozen layer saves its share of the step's compute.
             fused: fused AdamW kernel (default: on CPU and CUDA, except with fp16's loss scaler).
         """
         super().__init__()
@@ -99,6 +102,7 @@ class Task(pl.LightningModule):
             ("decay_steps", decay_steps, decay_steps is None or decay_steps > 0, "must be > 0"),
             ("layer_decay", layer_decay, 0 < layer_decay <= 1, "must be in (0, 1]"),
             ("head_lr", head_lr, head_lr is None or head_lr > 0, "must be > 0"),
+            ("freeze_depth", freeze_depth, freeze_depth >= 0, "must be >= 0"),
             ("betas", betas, all(0 <= b < 1 for b in betas), "must be in [0, 1)"),
             ("schedule", schedule, schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
         ]
@@ -130,12 +134,28 @@ class Task(pl.LightningModule):
         if self._trainer is None:
             return                      # load_from_checkpoint: on_load_checkpoint builds the network
         check_precision(str(self.trainer.precision), self.trainer.strategy.root_device)
-        if self.blueprint is not None:
-            return                      # built from a checkpoint (restore), or by an earlier stage
-        data = self.trainer.datamodule
-        if data is None:
-            raise ConfigError(f"{self.name}: a data module is needed to build a new model")
-        self.blueprint = self.create(data)
+        if self.blueprint is None:      # else built from a checkpoint (restore), or by an earlier stage
+            data = self.trainer.datamodule
+            if data is None:
+                raise ConfigError(f"{self.name}: a data module is needed to build a new model")
+            self.blueprint = self.create(data)
+        self._freeze_bottom()           # here, before a DDP wrapper records which parameters take gradients
+
+    def _freeze_bottom(self) -> None:
+        """requires_grad off for the embeddings and the lowest layers, `freeze_depth` levels in all."""
+        depth = self.hparams.freeze_depth
+        if depth == 0:
+            return
+        encoder = self.encoder()
+        if encoder is None:
+            raise ConfigError(f"model.freeze_depth {depth}: the {self.name} model has no pretrained encoder to "
+                              f"freeze (it needs model.pretrained); remove model.freeze_depth")
+        levels = [encoder.embeddings, *encoder.layers]
+        if depth > len(levels):
+            raise ConfigError(f"model.freeze_depth {depth}: the encoder has {len(levels)} levels (the embeddings "
+                              f"and {len(levels) - 1} layers)")
+        for module in levels[:depth]:
+            module.requires_grad_(False)
 
     def restore(self, checkpoint: dict, source: str = "checkpoint") -> Blueprint:
         """Build the network of `checkpoint` (read by tasks.checkpoint.read_checkpoint); run.py calls this before

@@ -182,6 +182,26 @@ def test_layer_decay_gives_lower_layers_smaller_learning_rates(tmp_path):
     assert code == 2 and not list((tmp_path / "bad").rglob("*.ckpt"))
 
 
+def test_freeze_depth_holds_the_bottom_of_the_encoder_at_its_initial_weights(tmp_path):
+    """The same seed builds the same initial weights, so a frozen level ends every run equal to the other runs'
+    frozen copy and unlike the run that trained it; the optimizer never sees it."""
+    def fit(depth):
+        run_dir = tmp_path / f"depth{depth}"
+        assert run.main(tiny_args(run_dir, "--model.freeze_depth", str(depth), "--model.lr", "1e-3",
+                                  "--trainer.max_epochs", "1")) == 0
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+        return ckpt["state_dict"], {g["name"] for g in ckpt["optimizer_states"][0]["param_groups"]}
+    (trained, groups0), (frozen1, groups1), (frozen2, groups2) = fit(0), fit(1), fit(2)
+    embedding, layer = "bert.embeddings.token.weight", "bert.layers.0.self_attn.qkv_proj.weight"
+    assert embedding in trained and layer in trained
+    assert torch.equal(frozen1[embedding], frozen2[embedding]) and not torch.equal(trained[embedding], frozen1[embedding])
+    assert not torch.equal(trained[layer], frozen1[layer]) and not torch.equal(frozen1[layer], frozen2[layer])
+    assert {"embeddings", "layer0"} <= groups0 and "embeddings" not in groups1 and "layer0" in groups1
+    assert not {"embeddings", "layer0"} & groups2 and "head" in groups2
+    code = run.main(tiny_args(tmp_path / "bad", "--model.freeze_depth", "3"))     # embeddings + 1 layer: 2 levels
+    assert code == 2 and not list((tmp_path / "bad").rglob("*.ckpt"))
+
+
 def test_last_checkpoint_is_the_final_model_and_predict_reproduces_its_dev_accuracy(tmp_path):
     """After a multi-epoch fit, last.ckpt holds the final step, and predicting the dev file from it gives exactly the
     dev accuracy the fit reported for its final model (a stale last.ckpt would not)."""
