@@ -18,6 +18,7 @@ progress notes to stdout.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -326,10 +327,11 @@ class TaskCLI(LightningCLI):
         step = self.validation_step.step
         return step is not None and step != self.trainer.global_step
 
-    @property
+    @functools.cached_property
     def final_step(self) -> int:
-        """The fit's last optimizer step. Under ddp_fork / ddp_spawn the processes that trained were children, and
-        Lightning does not bring their step count back to this one: their last.ckpt holds it."""
+        """The run's last optimizer step, read once it has ended. Under ddp_fork / ddp_spawn the processes that
+        trained were children, and Lightning does not bring their step count back to this one: their last.ckpt
+        holds it."""
         path = self.last_checkpoint.path if self.last_checkpoint is not None else None
         if isinstance(self.trainer.strategy.launcher, _MultiProcessingLauncher) and path is not None and path.exists():
             return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"])
