@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * steps), steps)
 
     model.train()
-    t_train, step = time.perf_counter(), 0
+    t_train, step, step_ends = time.perf_counter(), 0, []
     while step < steps:
         for batch in loader:
             input_ids, token_type_ids, attention_mask, start_positions, end_positions = (t.to(args.device)
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"step {step}/{steps} loss {loss.item():.4f} elapsed {time.perf_counter() - t_train:.0f}s",
                       flush=True)
             step += 1
+            step_ends.append(time.perf_counter())
             if step == steps:
                 break
     train_s = time.perf_counter() - t_train
@@ -198,8 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"EM {em:.2f}  F1 {f1_score:.2f}  ({len(eval_questions)} questions, {len(question_of)} windows)  "
           f"train {train_s:.0f}s ({step} steps, {len(train_set)} windows)  wall {wall_s:.0f}s  cpu {cpu_s:.0f}s  "
           f"mean load {load:.2f}  threads {torch.get_num_threads()}  device {args.device}")
+    step_s = [b - a for a, b in zip([t_train, *step_ends], step_ends)]
     result = {"exact_match": em, "f1": f1_score, "wall_s": wall_s, "train_s": train_s, "cpu_s": cpu_s,
-              "mean_load": load}
+              "mean_load": load, "steps": step, "full_steps": args.epochs * len(loader),
+              "median_step_s": float(np.median(step_s)) if step_s else 0.0}
     if not args.no_record and not args.max_steps and not args.limit_eval:
         extra = dict(train_s=round(train_s, 1), cpu_s=round(cpu_s, 1), mean_load=round(load, 2), steps=steps,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=torch.get_num_threads(),

@@ -155,3 +155,40 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_refused_in_one_line(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no bfloat16 arithmetic" in err[0] and "--trainer.precision 32-true" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+ARENA_CHECK = """
+import ctypes, json, sys
+sys.path.insert(0, {root!r})
+import torch, run
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+applied = run.reuse_freed_memory()
+block = torch.ones(64 << 18)                       # 64 MiB of float32, freed at once
+del block
+print(json.dumps({{"applied": applied, "free_in_heap": libc.mallinfo2().fordblks}}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""),
+                    reason="glibc's malloc only")
+@pytest.mark.parametrize("env, applied", [({}, True), ({"NLP_REUSE_FREED_MEMORY": "0"}, False),
+                                          ({"MALLOC_ARENA_MAX": "2"}, False)])
+def test_reuse_freed_memory_keeps_a_freed_large_block_in_the_heap(env, applied):
+    """With the switch on, a freed 64 MiB block stays in the process's heap for the next allocation (glibc would
+    otherwise have unmapped it); off by NLP_REUSE_FREED_MEMORY=0, and left alone when the environment tunes malloc."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES",
+                                                                                          "LD_PRELOAD")}
+    proc = subprocess.run([sys.executable, "-c", ARENA_CHECK.format(root=str(ROOT))], capture_output=True, text=True,
+                          env={**clean, **env}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["applied"] is applied
+    if applied:
+        assert out["free_in_heap"] >= 64 << 20
+    else:
+        assert out["free_in_heap"] < 64 << 20
