@@ -116,8 +116,9 @@ def reuse_freed_memory() -> bool:
     glibc gives every block over 32 MB its own mmap and unmaps it when freed, so a training step on the CPU touches
     its activations' pages anew each time (an attention map of 32 x 12 x 176 x 176 floats is 48 MB); in a virtual
     machine each first touch is a page fault that costs more than the arithmetic done there. With mmap and trimming
-    off, freed blocks are reused at once: a MiniLM step on 32 windows of 176 tokens takes 0.68x the time here, and
-    the peak resident memory grows ~5 % (benchmarks/malloc_speed.py). Processes started from this one (ddp_spawn)
+    off, freed blocks are reused at once. Measured here (benchmarks/malloc_speed.py, in turns): a MiniLM step on 32
+    windows of 176 tokens 0.87x the time, the first 20 batches of `run.py qa fit` 0.74x, the steps of a whole QA
+    fit ~0.91x; peak resident memory +4-10 %. Processes started from this one (ddp_spawn)
     inherit it through MALLOC_* variables. Left alone where the environment already tunes malloc (MALLOC_*,
     GLIBC_TUNABLES, LD_PRELOAD), on other C libraries, and with NLP_REUSE_FREED_MEMORY=0. True when applied."""
     tuned = any(k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD") for k in os.environ)
