@@ -118,16 +118,15 @@ def reuse_freed_memory() -> bool:
     machine each first touch is a page fault that costs more than the arithmetic done there. With mmap and trimming
     off, freed blocks are reused at once. Measured here (benchmarks/malloc_speed.py, in turns): a MiniLM step on 32
     windows of 176 tokens 0.87x the time, the first 20 batches of `run.py qa fit` 0.74x, the steps of a whole QA
-    fit ~0.91x; peak resident memory +4-10 %. Processes started from this one (ddp_spawn)
-    inherit it through MALLOC_* variables. Left alone where the environment already tunes malloc (MALLOC_*,
-    GLIBC_TUNABLES, LD_PRELOAD), on other C libraries, and with NLP_REUSE_FREED_MEMORY=0. True when applied."""
+    fit ~0.91x; peak resident memory +4-10 %. Processes started from this one (ddp_spawn) inherit it through MALLOC_*
+    variables. Left alone where the environment already tunes malloc (MALLOC_*, GLIBC_TUNABLES, LD_PRELOAD: so also
+    after a first call), on other C libraries, and with NLP_REUSE_FREED_MEMORY=0. True when this call applied it."""
     tuned = any(k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD") for k in os.environ)
-    if os.environ.get("NLP_REUSE_FREED_MEMORY") == "0" or tuned or not hasattr(os, "confstr"):
-        return False
     try:
-        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-            return False
-    except (ValueError, OSError):
+        libc_name = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):           # no confstr (Windows), or no such name (musl, macOS)
+        libc_name = ""
+    if os.environ.get("NLP_REUSE_FREED_MEMORY") == "0" or tuned or not libc_name.startswith("glibc"):
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX, NEVER = -1, -4, 2**31 - 1         # <malloc.h>
     libc = ctypes.CDLL(None)

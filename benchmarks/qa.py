@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf_args", default="", help="options for benchmarks/qa_hf_baseline.py (smoke tests: "
                                                  "'--max_steps 3 --limit_eval 50')")
     args, extra = p.parse_known_args(argv)
+    if args.hf_sample_steps < 0:
+        p.error(f"--hf_sample_steps {args.hf_sample_steps}: must be >= 0 (0: the whole loop)")
     extra = [a for a in extra if a != "--"]
     ours = None
     if args.which in ("both", "ours"):       # ours first: its accuracy is known an hour before the loop's
