@@ -161,7 +161,7 @@ def main() -> int:
                       "loop": "transformers BertForQuestionAnswering MiniLM, 32 x 384 tokens, AdamW",
                       "fit": f"run.py qa fit squad_minilm, first {args.fit_batches} batches, whole command"}[which]
             record("qa", f"reuse_freed_memory on vs off: {config}", "step_time_ratio", round(median, 3), wall_s,
-                   command="flock /tmp/heavy.lock python benchmarks/malloc_speed.py",
+                   command=" ".join(["flock /tmp/heavy.lock python benchmarks/malloc_speed.py", *sys.argv[1:]]),
                    baseline="the same step with glibc's default malloc (NLP_REUSE_FREED_MEMORY=0)", baseline_value=1.0,
                    spread=[round(min(ratios), 3), round(max(ratios), 3)], rounds=len(ratios),
                    off_step_s=[round(off["step_s"], 3) for off, _ in pairs],
