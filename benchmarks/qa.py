@@ -23,7 +23,8 @@ recorded beside it. Options after `--` go to run.py (a trial: they are part of t
 (tasks.averaging.TailAveraging), the checkpoint's last weights, not averaged, are scored too after the timed run
 (printed, not recorded): the effect of the averaging on the same trajectory.
 
-On this 2-core machine the loop alone trains for ~1.9 hours, so ours and the whole loop do not fit in one session.
+On this 2-core machine the loop alone trains for ~1.8-2.3 hours (11.6-14.5 s a step in samples), so ours and the whole
+loop do not fit in one session.
 `--hf_sample_steps N` runs the loop's set-up, its first N steps and its full evaluation in the same benchmark run, and
 projects its wall time as that run's time with the N steps replaced by the median step time x all its steps (every
 loop step pads 32 windows to 384 tokens, so all cost the same). Its EM / F1 after N steps mean nothing, so the
