@@ -9,7 +9,7 @@ before and after at most 30 minutes of masked LM + next sentence on the local co
 all-MiniLM-L6-v2 has no MLM or NSP heads, so "before" needs heads: with random ones the MLM loss is about ln(30522)
 whatever the encoder knows. The steps, each a `run.py` command in a fresh process (printed before it runs):
 1. `pretrain test` of MiniLM with its freshly created heads (reported, not the baseline);
-2. the heads fitted with the encoder frozen (`--model.freeze_encoder true`, lr 1e-3, `--probe_minutes`), then
+2. the heads fitted with the encoder frozen (`--model.freeze_depth 7`: the embeddings and all 6 layers; lr 1e-3, `--probe_minutes`), then
    `pretrain test`: the BEFORE loss, MiniLM's encoder exactly as published;
 3. `pretrain fit --config configs/pretrain/minilm_continue.yaml` from that checkpoint, every weight trained, at most
    30 minutes, then `pretrain test`: the AFTER loss. The probe's validation losses are recorded too, so a reader can
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/pretrain/minilm_continue.yaml")
     p.add_argument("--test_file", default=str(SHARED / "text" / "wikitext-2" / "test.txt"))
     p.add_argument("--probe_minutes", type=int, default=10, help="time for fitting the heads, encoder frozen")
+    p.add_argument("--freeze_depth", type=int, default=7,
+                   help="the frozen encoder of the heads' fit: the embeddings + every layer (7 for MiniLM's 6 layers)")
     p.add_argument("--probe_steps", type=int, default=800, help="the heads' linear lr decay length")
     p.add_argument("--probe_args", default="", help="extra arguments of the heads' fit, one string")
     p.add_argument("--continue_args", default="", help="extra arguments of the continued pretraining, one string")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fresh = test_metrics(root / "fresh_heads_test", data)
     probe = root / "heads_only"
-    probe_s = run_py("pretrain", "fit", *data, "--model.freeze_encoder", "true", "--model.lr", "1e-3",
+    probe_s = run_py("pretrain", "fit", *data, "--model.freeze_depth", str(args.freeze_depth), "--model.lr", "1e-3",
                      "--trainer.max_steps", str(args.probe_steps),
                      "--trainer.max_time", f"00:00:{args.probe_minutes:02d}:00", "--run_dir", str(probe), *QUIET,
                      *shlex.split(args.probe_args))

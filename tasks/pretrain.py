@@ -31,7 +31,6 @@ from tasks.base import Task
 from tasks.checkpoint import Blueprint
 from tasks.encoders import bert_config, check_max_length, new_encoder
 
-HEADS = ("pooler.", "mlm_head.", "nsp_head.")           # what `freeze_encoder` leaves trainable
 TIED = "mlm_head.word_embeddings.weight"                # the MLM decoder: the word embeddings themselves
 
 
@@ -113,12 +112,10 @@ class PretrainTask(Task):
     monitor = "val/mlm_loss"
     monitor_mode = "min"
 
-    def __init__(self, freeze_encoder: bool = False, **kwargs):
-        """
-        Args:
-            freeze_encoder: train only the pooler and the pre-training heads, the encoder stays as loaded (e.g. to
-                fit new heads on all-MiniLM-L6-v2 before measuring its masked-LM loss).
-        """
+    def __init__(self, **kwargs):
+        """The shared settings (tasks.base.Task). To train only the pooler and the pre-training heads, with the encoder
+        as loaded (e.g. new heads on all-MiniLM-L6-v2 before measuring its masked-LM loss), freeze all of it:
+        `model.freeze_depth` = num_layers + 1 (the embeddings, with the tied MLM decoder, and every layer)."""
         super().__init__(**kwargs)
         self.val_metrics, self.test_metrics = PretrainingMetrics(), PretrainingMetrics()
 
@@ -134,9 +131,6 @@ class PretrainTask(Task):
 
     def build(self, bp: Blueprint, bert: BERT | None = None) -> None:
         self.bert = bert or BERT(bert_config(bp.model_config), pooler=True, pretraining_heads=True)
-        if self.hparams.freeze_encoder:
-            for name, p in self.bert.named_parameters():         # the tied decoder is embeddings.token: frozen
-                p.requires_grad_(name.startswith(HEADS))
 
     def encoder(self) -> BERT:
         return self.bert

@@ -256,7 +256,7 @@ def test_continuing_our_checkpoint_loads_every_weight_and_freezing_trains_only_t
     assert "new (initialised): none" in weights_report(bert, str(ckpt_path))
     run_dir = tmp_path / "frozen"
     assert run.main(fit_args(run_dir, "--model.pretrained", str(ckpt_path), "--model.config", "null",
-                             "--model.freeze_encoder", "true", "--trainer.max_steps", "3")) == 0
+                             "--model.freeze_depth", "3", "--trainer.max_steps", "3")) == 0
     before = torch.load(ckpt_path, weights_only=True)["state_dict"]
     after = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
