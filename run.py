@@ -244,7 +244,12 @@ class TaskCLI(LightningCLI):
         self.checkpoint = read_checkpoint(cfg["ckpt_path"], task=self.task)
         hparams = {k: v for k, v in self.checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         if hparams:
-            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+            from jsonargparse import ArgumentError
+            try:
+                self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+            except ArgumentError as e:        # written by another version of the task
+                raise UsageError(f"{cfg['ckpt_path']}: its model settings do not fit this {self.task} task ({e})") \
+                    from None
 
     def _resolve_run_dir(self, sub: str, cfg) -> Path:
         from tasks.checkpoint import latest_checkpoint

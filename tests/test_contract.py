@@ -83,6 +83,20 @@ def test_another_tasks_checkpoint_is_one_line_naming_its_task(fitted, task, tmp_
 
 
 @pytest.mark.parametrize("task", list(run.TASKS))
+def test_a_checkpoint_with_settings_this_version_lacks_is_one_line(fitted, task, tmp_path, capsys):
+    """A checkpoint written by another version of the task (a model option since removed) names the file and key."""
+    ckpt = torch.load(fitted[task] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["removed_option"] = True
+    path = tmp_path / "old.ckpt"
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    assert run.main([task, "predict", "--ckpt_path", str(path), "--run_dir", str(tmp_path / "run"), *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: its model settings do not fit this {task} task" in err[0], err
+    assert "removed_option" in err[0] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
 def test_one_step_with_bf16_parameters(task, tmp_path, monkeypatch):
     """`bf16-true`: the parameters in bfloat16 and no autocast, as FSDP's and DeepSpeed's bf16 hand them to the
     forward (on an H200, 2026-11-27, qa's float32 span head met bf16 weights under both). bf16 is emulated on a CPU
