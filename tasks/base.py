@@ -8,11 +8,13 @@ A task is a LightningModule that subclasses `Task` and provides:
     build(blueprint)              rebuild that network from a checkpoint's description (the weights follow)
     training_step, validation_step, ... as any LightningModule
 
-and may override `encoder()` (the module that layer-wise learning-rate decay walks) and `predict_step`.
+and may override `encoder()` (the module that layer-wise learning-rate decay walks), `check_data(data)` (refuse
+data the network cannot take), `decoding` (the settings each test / predict run chooses itself) and `predict_step`.
 
 `Task` owns the rest, the same for every task:
 - *when* the network is built: `configure_model` calls `create` for a new run; a checkpoint (predict, test, resume,
   `load_from_checkpoint`) calls `build` with the checkpoint's blueprint instead, before its weights are loaded;
+  either way `check_data` then checks the data against the network;
 - *the checkpoint layout*: `checkpoint["task"]` is the blueprint (tasks/checkpoint.py), and a checkpoint of another
   task is refused with a line that names its task;
 - *the optimizer*: AdamW without decay on norms and biases, warm-up then linear / cosine / inverse-sqrt decay,
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 from data.errors import ConfigError
+from modeling import BERT
 from tasks.checkpoint import Blueprint, blueprint
 from tasks.optim import SCHEDULES, task_param_groups, warmup_schedule
 
@@ -64,6 +67,9 @@ class Task(pl.LightningModule):
     name: ClassVar[str]
     monitor: ClassVar[str]
     monitor_mode: ClassVar[Literal["min", "max"]]
+    # hyperparameters that read the outputs (beam size, answer length, ...), not the network: a checkpoint does not
+    # keep them, so each test / predict run takes its own from the command line or config, not the training run's
+    decoding: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pretrained: Optional[str] = None, config: Optional[Architecture] = None,
                  lr: float = 5e-5, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
@@ -129,16 +135,26 @@ class Task(pl.LightningModule):
         """The BERT-style encoder (`embeddings`, `layers`) that layer_decay and head_lr refer to, if any."""
         return None
 
+    def check_data(self, data: pl.LightningDataModule) -> None:
+        """Refuse data the network cannot take, in one ConfigError line, before anything runs (a new network or one
+        restored from a checkpoint). Here: inputs longer than a BERT encoder's positions."""
+        encoder, max_length = self.encoder(), getattr(data, "max_length", None)
+        if isinstance(encoder, BERT) and max_length is not None and max_length > encoder.config.max_positions:
+            raise ConfigError(f"data.max_length {max_length} is longer than the model's "
+                              f"{encoder.config.max_positions} positions")
+
     # ---- when the network is built ----------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self._trainer is None:
             return                      # load_from_checkpoint: on_load_checkpoint builds the network
         check_precision(str(self.trainer.precision), self.trainer.strategy.root_device)
+        data = self.trainer.datamodule
         if self.blueprint is None:      # else built from a checkpoint (restore), or by an earlier stage
-            data = self.trainer.datamodule
             if data is None:
                 raise ConfigError(f"{self.name}: a data module is needed to build a new model")
             self.blueprint = self.create(data)
+        if data is not None:
+            self.check_data(data)
         self._freeze_bottom()           # here, before a DDP wrapper records which parameters take gradients
 
     def _freeze_bottom(self) -> None:
@@ -169,6 +185,8 @@ class Task(pl.LightningModule):
     # ---- the checkpoint layout --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["task"] = self.blueprint.to_dict()
+        for key in self.decoding:
+            checkpoint.get("hyper_parameters", {}).pop(key, None)
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -77,11 +77,4 @@ def new_encoder(hp, data, pooler: bool, pretraining_heads: bool = False) -> BERT
     vocab = data.tokenizer.get_vocab_size()
     if vocab > bert.config.vocab_size:
         raise ConfigError(f"the tokenizer has {vocab} tokens but the model's vocabulary has {bert.config.vocab_size}")
-    check_max_length(data, bert)
     return bert
-
-
-def check_max_length(data, bert: BERT) -> None:
-    if data.max_length > bert.config.max_positions:
-        raise ConfigError(f"data.max_length {data.max_length} is longer than the model's "
-                          f"{bert.config.max_positions} positions")

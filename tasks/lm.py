@@ -105,6 +105,7 @@ class LMTask(Task):
     name = "lm"
     monitor = "val/loss"
     monitor_mode = "min"
+    decoding = ("num_samples", "sample_tokens", "sample_prompt", "sample_temperature", "sample_top_k", "sample_seed")
 
     def __init__(self, compile: bool = False, flush_denormal: bool = True, num_samples: int = 1,
                  sample_tokens: int = 100, sample_prompt: str = "\n", sample_temperature: float = 0.8,
@@ -133,7 +134,6 @@ class LMTask(Task):
                               f"({tokenizer.vocab_size})")
         bp = Blueprint(self.name, "gpt", dataclasses.asdict(model.config), data.tokenizer_json())
         self.build(bp, model)
-        self.check_context(data)
         return bp
 
     def build(self, bp: Blueprint, model: GPT | None = None) -> None:
@@ -141,7 +141,7 @@ class LMTask(Task):
         self.tokenizer = TextTokenizer.from_str(bp.tokenizer)
         self._loss = torch.compile(self.model.loss) if self.hparams.compile else self.model.loss
 
-    def check_context(self, data) -> None:
+    def check_data(self, data) -> None:
         if data.block_size > self.model.config.max_positions:
             raise ConfigError(f"data.block_size {data.block_size} is longer than the model's context "
                               f"({self.model.config.max_positions}); pass --data.block_size "
@@ -150,8 +150,6 @@ class LMTask(Task):
     def setup(self, stage: str) -> None:
         if self.hparams.flush_denormal:
             torch.set_flush_denormal(True)               # a process-wide CPU flag: teardown clears it
-        if self.blueprint is not None and self.trainer.datamodule is not None:    # restored from a checkpoint
-            self.check_context(self.trainer.datamodule)
 
     def teardown(self, stage: str) -> None:
         if self.hparams.flush_denormal:

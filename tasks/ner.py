@@ -61,6 +61,7 @@ class NERTask(Task):
     name = "ner"
     monitor = "val/f1"          # the checkpoint with the best dev entity F1 is kept
     monitor_mode = "max"
+    decoding = ("strict_eval",)             # how entities are scored: each test run's own
 
     def __init__(self, mode: Literal["finetune", "features"] = "finetune", layers: str = "last",
                  tagger: Literal["linear", "bilstm"] = "linear", lstm_hidden: int = 256, dropout: float = 0.1,

@@ -29,7 +29,7 @@ from data.pretrain import IGNORE_INDEX, IS_NEXT, PretrainDataModule
 from modeling import BERT
 from tasks.base import Task
 from tasks.checkpoint import Blueprint
-from tasks.encoders import bert_config, check_max_length, new_encoder
+from tasks.encoders import bert_config, new_encoder
 
 TIED = "mlm_head.word_embeddings.weight"                # the MLM decoder: the word embeddings themselves
 
@@ -134,10 +134,6 @@ class PretrainTask(Task):
 
     def encoder(self) -> BERT:
         return self.bert
-
-    def setup(self, stage: str) -> None:
-        if self.blueprint is not None and self.trainer.datamodule is not None:     # restored from a checkpoint
-            check_max_length(self.trainer.datamodule, self.bert)
 
     # ---- training and evaluation ----------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -57,9 +57,6 @@ from tasks.encoders import load_encoder
 from tasks.lexicon import WORD_START, Lexicon
 from tasks.rouge import ROUGE, ROUGE_TYPES
 
-# Settings of each test / predict run, kept out of the checkpoint's hyperparameters (see the module doc).
-DECODING = ("val_beam_size", "beam_size", "length_penalty", "max_new_tokens", "min_new_tokens",
-            "no_repeat_ngram_size", "known_words")
 # TransformerConfig fields a warm start takes from the BERT; model.config may set the others.
 FROM_BERT = ("src_vocab_size", "tgt_vocab_size", "hidden_size", "num_encoder_layers", "num_heads", "ffn_size",
              "activation", "max_positions", "norm_first", "layer_norm_eps", "bias", "pad_token_id", "embeddings")
@@ -118,6 +115,8 @@ class Seq2SeqTask(Task):
 
     monitor_mode = "max"
     output_key: ClassVar[str]           # the predicted text's key in predict's JSON lines
+    decoding = ("val_beam_size", "beam_size", "length_penalty", "max_new_tokens", "min_new_tokens",
+                "no_repeat_ngram_size", "known_words")                  # each run's own (module doc)
 
     def __init__(self, decoder_init: Literal["scratch", "pretrained"] = "scratch", label_smoothing: float = 0.1,
                  val_beam_size: int = 1, beam_size: int = 5, length_penalty: float = 1.0,
@@ -185,10 +184,6 @@ class Seq2SeqTask(Task):
             vocab, pad = tokenizer.get_vocab_size(), special_tokens(tokenizer).pad
             model = Transformer(TransformerConfig(**{"src_vocab_size": vocab, "tgt_vocab_size": vocab,
                                                      "pad_token_id": pad, **overrides}))
-        for key in ("max_source_length", "max_target_length"):
-            length = getattr(data, key)
-            if length > model.config.max_positions:
-                raise ConfigError(f"data.{key} {length}: the model has {model.config.max_positions} positions")
         settings = {"pretrained": hp.pretrained, "decoder_init": hp.decoder_init if hp.pretrained else "scratch",
                     "max_source_length": data.max_source_length, "max_target_length": data.max_target_length}
         bp = Blueprint(self.name, "transformer", dataclasses.asdict(model.config), data.tokenizer_json(), None,
@@ -251,10 +246,11 @@ class Seq2SeqTask(Task):
             return None
         return BertPart(self.model.src_embed, self.model.encoder, self.model.encoder_norm)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        for key in DECODING:                # each test / predict run chooses its own (module doc)
-            checkpoint.get("hyper_parameters", {}).pop(key, None)
+    def check_data(self, data) -> None:
+        for key in ("max_source_length", "max_target_length"):
+            length = getattr(data, key)
+            if length > self.model.config.max_positions:
+                raise ConfigError(f"data.{key} {length}: the model has {self.model.config.max_positions} positions")
 
     def configure_callbacks(self) -> list:
         every = self.hparams.snapshot_every_n_steps
@@ -334,7 +330,7 @@ class Seq2SeqTask(Task):
         self.log(f"{stage}/loss", loss)
         if self.trainer.sanity_checking:
             return
-        decoding = {k: self.hparams[k] for k in DECODING}
+        decoding = {k: self.hparams[k] for k in self.decoding}
         shown = details if stage == "test" else {}                  # validation: the scores only, every time
         self.print(f"{stage}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) +
                    "".join(f"\n  {k}: {v}" for k, v in shown.items()))

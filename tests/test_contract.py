@@ -97,6 +97,27 @@ def test_a_checkpoint_with_settings_this_version_lacks_is_one_line(fitted, task,
 
 
 @pytest.mark.parametrize("task", list(run.TASKS))
+def test_the_checkpoint_keeps_no_decoding_settings(fitted, task):
+    """Settings that read the outputs (beam size, answer length, sampling) are each test / predict run's own: the
+    checkpoint leaves them out, so the command line or config of that run is what applies."""
+    decoding = run.import_target(run.TASKS[task].module, task).decoding
+    hparams = torch.load(fitted[task] / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert not set(decoding) & set(hparams), set(decoding) & set(hparams)
+
+
+@pytest.mark.parametrize("task, key", [("classify", "data.max_length"), ("ner", "data.max_length"),
+                                       ("qa", "data.max_length"), ("pretrain", "data.max_length"),
+                                       ("lm", "data.block_size")])
+def test_inputs_longer_than_the_restored_model_takes_are_one_line(fitted, task, key, tmp_path, capsys):
+    capsys.readouterr()
+    assert run.main([task, "predict", "--ckpt_path", str(fitted[task] / "checkpoints" / "last.ckpt"), f"--{key}",
+                     "5000", "--run_dir", str(tmp_path / "run"), *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{key} 5000 is longer than the model's" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
 def test_one_step_with_bf16_parameters(task, tmp_path, monkeypatch):
     """`bf16-true`: the parameters in bfloat16 and no autocast, as FSDP's and DeepSpeed's bf16 hand them to the
     forward (on an H200, 2026-11-27, qa's float32 span head met bf16 weights under both). bf16 is emulated on a CPU

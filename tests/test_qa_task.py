@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 import torch
+import yaml
 from conftest import FIXTURES, ROOT
 
 import run
@@ -230,6 +231,20 @@ def test_predict_from_the_checkpoint_alone_over_contexts_longer_than_a_window(tr
     assert len(first) == 8 and rows[0]["start"] > first[0].offsets[first[0].context_span[1] - 1][1]
     gold = {q.id: q.answers for q in read_squad(SAMPLE)}
     assert rows[0]["answer"] in gold[rows[0]["id"]]
+
+
+def test_decoding_settings_of_the_predict_command_apply_not_the_training_runs(trained, tmp_path):
+    """The checkpoint was trained with max_answer_length 30; `--model.max_answer_length 1` on predict takes answers
+    of one token (no space inside; none where no start among the 3 best pairs with an end), and its n_best and answer
+    length are what the run's config.yaml records."""
+    out = tmp_path / "answers.jsonl"
+    assert run.main(["qa", "predict", "--ckpt_path", checkpoint(trained), "--data.predict_file", str(PREDICT),
+                     "--model.max_answer_length", "1", "--model.n_best", "3", "--predict_output", str(out),
+                     "--run_dir", str(tmp_path / "run"), *QUIET]) == 0
+    answers = [json.loads(line)["answer"] for line in out.read_text().splitlines()]
+    assert any(answers) and all(" " not in a for a in answers), answers
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    assert (config["max_answer_length"], config["n_best"]) == (1, 3)
 
 
 def test_task_scores_equal_the_metric_functions_on_its_predictions(trained, tmp_path):
