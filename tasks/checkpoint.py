@@ -138,7 +138,8 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     Saved every `every_n_steps` optimizer steps (if set), after each validation during fit, and when fit ends.
     A run that stops (max_steps, max_time, Ctrl-C, the last batch of max_epochs) is saved at its last step, before
     Lightning counts the epoch as done, so a resumed run continues that epoch where it stopped, and a finished run
-    resumed with a larger max_epochs trains the next one. Ctrl-C: the first
+    resumed with a larger max_epochs trains the next one. The validation after such a stop may keep a new best
+    checkpoint: last.ckpt then gets the best-checkpoint bookkeeping of after it (the file it names). Ctrl-C: the first
     SIGINT asks the run to stop at the end of the current step (the state is consistent there); a second one
     interrupts at once. SIGTERM (what a cluster scheduler sends before it kills a pre-empted job): Lightning stops
     at the end of the current step, and last.ckpt is written first. (A `Checkpoint` subclass, so Lightning runs it
@@ -155,11 +156,19 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self.terminated = False                    # stopped by SIGTERM
         self._previous_handler: Any = None
         self._saved_step = -1
+        self._saved_best: dict[str, set] = {}       # the best checkpoints each ModelCheckpoint kept at the last save
         self._stop_saved = False
 
     def save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
+        self._saved_best = {key: set(state["best_k_models"]) for key, state in self._best_states(trainer).items()}
+
+    @staticmethod
+    def _best_states(trainer) -> dict[str, dict]:
+        """The state of each ModelCheckpoint (which best checkpoints it keeps, and their scores), by state key."""
+        return {cb.state_key: cb.state_dict() for cb in trainer.checkpoint_callbacks
+                if isinstance(cb, pl.callbacks.ModelCheckpoint)}
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._count_a_finished_epoch_once(trainer)
@@ -223,7 +232,14 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         if not self._stop_saved:
             self.save(trainer)
-        elif trainer.is_global_zero and self.path.exists():
+        elif trainer.is_global_zero and self.path.is_file():
+            best = self._best_states(trainer)
+            if {key: set(state["best_k_models"]) for key, state in best.items()} != self._saved_best:
+                # the validation after the stop kept a new best checkpoint (and deleted the one last.ckpt names):
+                # a resumed run must compare against, and delete, the files that are there
+                checkpoint = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                checkpoint["callbacks"].update(best)
+                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
             os.utime(self.path)     # the newest again, after a best checkpoint the stopping validation may have written
         self._restore_sigint()
 

@@ -97,6 +97,33 @@ def test_a_finished_run_resumed_with_more_epochs_trains_them_in_the_uninterrupte
     assert seen == [(r["step"], r["index"]) for r in ref.trace[:2 * EPOCH]]
 
 
+def model_checkpoint_state(path) -> dict:
+    states = [v for k, v in read_checkpoint(path)["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert len(states) == 1
+    return states[0]
+
+
+def test_last_ckpt_names_the_best_checkpoint_the_final_validation_kept(tmp_path, no_wandb):
+    """last.ckpt is written at the stop, before the final validation; when that validation keeps a new best checkpoint
+    (and deletes the old one), last.ckpt is brought up to date, so a resumed run compares against, and replaces, the
+    best file that is there. summarize's default: ROUGE-1 0.0 after epoch 1, 0.42 after epoch 2, 0.41 after 3."""
+    run_dir = tmp_path / "run"
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    assert run.main(["summarize", "fit", "--run_dir", str(run_dir), *quiet]) == 0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    best = [p for p in last.parent.glob("*.ckpt") if p != last]
+    assert len(best) == 1 and best[0].name.startswith("best-epoch=1")
+    state = model_checkpoint_state(last)
+    assert state["best_model_path"] == str(best[0]) and list(state["best_k_models"]) == [str(best[0])]
+    assert float(state["best_model_score"]) == pytest.approx(0.4233, abs=1e-4)
+    assert run.main(["summarize", "fit", "--run_dir", str(run_dir), "--ckpt_path", "last",
+                     "--trainer.max_epochs", "3", *quiet]) == 0
+    summary = json.loads((run_dir / "fit_metrics.json").read_text())
+    assert summary["metrics"]["val/rouge1"] < 0.4233                    # epoch 3 is worse: epoch 2's file stays best
+    assert sorted(p.name for p in last.parent.glob("*.ckpt")) == [best[0].name, "last.ckpt"]
+    assert summary["best_checkpoint"] == str(best[0])
+
+
 @pytest.mark.parametrize("task", one_fast(run.TASKS))
 @pytest.mark.parametrize("kind", ["sigint", "sigterm"])
 def test_ctrl_c_or_sigterm_stops_at_the_step_and_resumes_to_the_uninterrupted_result(task, kind, uninterrupted,
