@@ -187,6 +187,7 @@ class TaskCLI(LightningCLI):
         self.created_run_dir = False
         self.last_checkpoint = None
         self.validation_step = ValidationStep()
+        self.given_model_keys = {a[len("--model."):].split("=")[0].split(".")[0] for a in args if a.startswith("--model.")}
         # only the subcommand asked for gets a parser: each one costs most of a second to build (all four for --help)
         self.parsed_subcommands = [args[0]] if args and args[0] in SUBCOMMANDS else list(SUBCOMMANDS)
         has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
@@ -223,8 +224,10 @@ class TaskCLI(LightningCLI):
 
     # ---- run directory, `--ckpt_path last`, and the checkpoint ------------------------------------------------
     def _parse_ckpt_path(self) -> None:
-        """Resolve the run directory and `--ckpt_path` (`last`: the newest checkpoint of the run, whatever its name),
-        read the checkpoint once, safely, refusing another task's, and take its model settings as LightningCLI does."""
+        """Resolve the run directory and `--ckpt_path` (`last`: the newest checkpoint of the run, whatever its name;
+        for validate / test / predict, of this config's fit runs), read the checkpoint once, safely, refusing another
+        task's, and take its model settings as LightningCLI does: a `--model.X` on the command line that says otherwise
+        is refused, not silently overridden (the decoding settings, which a checkpoint does not keep, excepted)."""
         from tasks.checkpoint import latest_checkpoint, read_checkpoint
         sub = self.config.get("subcommand")
         if sub is None:
@@ -235,14 +238,24 @@ class TaskCLI(LightningCLI):
             raise UsageError(f"--checkpoint_every_n_steps {every}: must be at least 1")
         self.run_dir = self._resolve_run_dir(sub, cfg)
         if cfg.get("ckpt_path") == "last":
-            last = latest_checkpoint(self.run_dir)
-            if last is None:
-                raise UsageError(f"--ckpt_path last: no checkpoint in {self.run_dir / 'checkpoints'}")
-            cfg["ckpt_path"] = str(last)
+            searched = [self.run_dir] if sub == "fit" or cfg.get("run_dir") else self._numbered_runs(cfg, "fit")
+            found = [c for c in map(latest_checkpoint, searched) if c is not None]
+            if not found:
+                raise UsageError(f"--ckpt_path last: no checkpoint in {searched[0] / 'checkpoints'}"
+                                 + ("" if len(searched) == 1 else " or its numbered siblings (_2, _3, ...)"))
+            cfg["ckpt_path"] = str(max(found, key=lambda c: c.stat().st_mtime_ns))
         if not cfg.get("ckpt_path"):
+            if sub != "fit" and not cfg["model"].get("pretrained"):
+                raise UsageError(f"{sub} needs a trained model: --ckpt_path (a checkpoint of `run.py {self.task} fit`, "
+                                 f"or `last`: the newest of this config's fits) or --model.pretrained")
             return
         self.checkpoint = read_checkpoint(cfg["ckpt_path"], task=self.task)
         hparams = {k: v for k, v in self.checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+        for key in sorted(self.given_model_keys & set(hparams)):
+            given, trained = cfg["model"][key], hparams[key]
+            if json.dumps(given, sort_keys=True, default=str) != json.dumps(trained, sort_keys=True, default=str):
+                raise UsageError(f"--model.{key} {given}: {cfg['ckpt_path']} was trained with {trained!r}, and a run "
+                                 f"from a checkpoint keeps the model settings it was trained with")
         if hparams:
             from jsonargparse import ArgumentError
             try:
@@ -258,17 +271,21 @@ class TaskCLI(LightningCLI):
         if cfg.get("run_dir"):
             run_dir = Path(cfg["run_dir"])
         else:
-            configs = cfg.get("config") or []
-            stem = Path(str(configs[-1])).stem if configs else "default"
-            base = Path("runs") / self.task / (stem if sub == "fit" else f"{stem}_{sub}")
-            candidates = [base] + [base.with_name(f"{base.name}_{i}") for i in range(2, 1000)]
+            candidates = self._numbered_runs(cfg, sub)
             if sub == "fit" and cfg.get("ckpt_path") == "last":
                 with_ckpt = [c for c in candidates if latest_checkpoint(c) is not None]
-                run_dir = max(with_ckpt, key=lambda c: latest_checkpoint(c).stat().st_mtime_ns, default=base)
+                run_dir = max(with_ckpt, key=lambda c: latest_checkpoint(c).stat().st_mtime_ns, default=candidates[0])
             else:
                 run_dir = next(c for c in candidates if not c.exists())
         self.created_run_dir = not run_dir.exists()
         return run_dir
+
+    def _numbered_runs(self, cfg, sub: str) -> list[Path]:
+        """runs/<task>/<config name>[_<sub>][_N]: the run directories of a subcommand with this config."""
+        configs = cfg.get("config") or []
+        stem = Path(str(configs[-1])).stem if configs else "default"
+        base = Path("runs") / self.task / (stem if sub == "fit" else f"{stem}_{sub}")
+        return [base] + [base.with_name(f"{base.name}_{i}") for i in range(2, 1000)]
 
     def after_instantiate_classes(self) -> None:
         """A restored checkpoint builds the model and gives the data its tokenizer and labels, before anything runs."""

@@ -192,3 +192,35 @@ def test_reuse_freed_memory_keeps_a_freed_large_block_in_the_heap(env, applied):
         assert out["free_in_heap"] >= 64 << 20
     else:
         assert out["free_in_heap"] < 64 << 20
+
+
+def test_a_run_from_a_checkpoint_keeps_its_settings_and_evaluation_needs_a_trained_model(tmp_path, monkeypatch,
+                                                                                          capsys, no_wandb):
+    """In a fresh directory (runs/ is relative to it): predict without a model is refused; `--ckpt_path last` on
+    predict takes the newest checkpoint of the config's fits; a `--model.X` that contradicts the checkpoint is one line,
+    not silently overridden (a resumed `--model.lr 0` used to train on at the checkpoint's lr), an equal one is fine."""
+    for name in ("configs", "data", "tests"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    monkeypatch.chdir(tmp_path)
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+    def error(*args) -> str:
+        capsys.readouterr()
+        assert run.main(["classify", *args, *quiet]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        return err[0]
+
+    assert "predict needs a trained model: --ckpt_path" in error("predict")
+    assert "--ckpt_path last: no checkpoint in runs/classify/default/checkpoints or its numbered" in \
+        error("predict", "--ckpt_path", "last")
+    assert run.main(["classify", "fit", "--trainer.max_steps", "2", *quiet]) == 0
+    assert run.main(["classify", "fit", "--trainer.max_steps", "3", *quiet]) == 0        # runs/classify/default_2
+    assert run.main(["classify", "predict", "--ckpt_path", "last", *quiet]) == 0
+    written = (tmp_path / "runs/classify/default_predict/config.yaml").read_text()
+    assert "ckpt_path: runs/classify/default_2/checkpoints/last.ckpt" in written
+    line = error("fit", "--ckpt_path", "last", "--model.lr", "0", "--trainer.max_steps", "4")
+    assert line.startswith("run.py classify: error: --model.lr 0.0: runs/classify/default_2/checkpoints/last.ckpt "
+                           "was trained with 0.001"), line
+    assert run.main(["classify", "fit", "--ckpt_path", "last", "--model.lr", "1e-3", "--trainer.max_steps", "4",
+                     *quiet]) == 0
