@@ -187,7 +187,8 @@ class TaskCLI(LightningCLI):
         self.created_run_dir = False
         self.last_checkpoint = None
         self.validation_step = ValidationStep()
-        self.given_model_keys = {a[len("--model."):].split("=")[0].split(".")[0] for a in args if a.startswith("--model.")}
+        self.given_model_keys = {a.removeprefix("--model.").split("=")[0].split(".")[0]
+                                 for a in args if a.startswith("--model.")}
         # only the subcommand asked for gets a parser: each one costs most of a second to build (all four for --help)
         self.parsed_subcommands = [args[0]] if args and args[0] in SUBCOMMANDS else list(SUBCOMMANDS)
         has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)

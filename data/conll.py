@@ -83,7 +83,8 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
                     prev = bio[i - 1] if i else "O"
                     if prev[2:] != tag[2:] or prev == "O":
                         raise ConllFormatError(f"{path}, line {lines[i]}: {tag!r} after {prev!r} is not valid BIO "
-                                               f"(an entity must start with B-{tag[2:]}); use iob1=True for IOB1 files")
+                                               f"(an entity must start with B-{tag[2:]}); --data.iob1 true reads "
+                                               f"IOB1 files")
             sentences.append(Sentence(words, bio, doc, lines[0]))
         words, tags, lines = [], [], []
 

@@ -104,15 +104,16 @@ class TextTokenizer:
         """Smallest unsigned integer type that holds every id (for the token cache)."""
         return np.uint16 if self.vocab_size <= 2 ** 16 else np.uint32
 
-    def encode(self, text: str, where: str = "text") -> list[int]:
-        """Ids of `text`; `where` names the source in the error for a character outside a char vocabulary."""
+    def encode(self, text: str, where: str = "text", first_line: int = 1) -> list[int]:
+        """Ids of `text`; `where` (and `first_line`, the line `text` starts at) name the source in the error for a
+        character outside a char vocabulary."""
         if self.kind == "char":
             try:
                 return [self._stoi[c] for c in text]
             except KeyError:
                 pos = next(i for i, c in enumerate(text) if c not in self._stoi)
-                line = text.count("\n", 0, pos) + 1
-                raise DataError(f"{where}:{line}: character {text[pos]!r} is not in the character "
+                line = text.count("\n", 0, pos) + first_line
+                raise DataError(f"{where}, line {line}: character {text[pos]!r} is not in the character "
                                  f"vocabulary ({len(self.chars)} characters)") from None
         pieces = _LINE_END.split(text)
         if len(pieces) == 1:

@@ -668,6 +668,10 @@ class PretrainDataModule(TaskDataModule):
             if not self.hparams.predict_file:
                 raise DataError("pretrain predict: give data.predict_file (text lines with [MASK] tokens)")
             self._predict_lines = read_text(self.hparams.predict_file).splitlines()
+            for n, line in enumerate(self._predict_lines, 1):
+                if len(fields := line.split("\t")) > 2:
+                    raise DataError(f"{self.hparams.predict_file}, line {n}: {len(fields)} tab-separated fields; a "
+                                    f"line is one text, or two (sentence A<TAB>sentence B)")
 
     def _split_corpus(self) -> None:
         if "train" in self.documents:

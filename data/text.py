@@ -374,6 +374,9 @@ class TextDataModule(TaskDataModule):
         lines = read_documents([self.predict_file])[0].split("\n")
         if lines and lines[-1] == "":
             lines.pop()                                   # the file's final newline ends the last line
+        if self.tokenizer is not None:        # a character outside the vocabulary: named here, by file and line
+            for i, line in enumerate(lines):
+                self.tokenizer.encode(line, self.predict_file, i + 1)
         rows = [{"index": i, "prompt": line} for i, line in enumerate(lines)]
         return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
 

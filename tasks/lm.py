@@ -33,9 +33,9 @@ from tasks.checkpoint import Blueprint, blueprint, read_checkpoint
 # ---------------------------------------------------------------------------------------------------------
 # Text generation shared by validation samples and `lm generate`
 # ---------------------------------------------------------------------------------------------------------
-def prompt_ids(tokenizer: TextTokenizer, prompt: str) -> list[int]:
+def prompt_ids(tokenizer: TextTokenizer, prompt: str, where: str = "--prompt", line: int = 1) -> list[int]:
     """Token ids of `prompt`; an empty prompt starts from the end-of-text token (GPT-2's unconditional start)."""
-    ids = tokenizer.encode(prompt, where="prompt") if prompt else []
+    ids = tokenizer.encode(prompt, where, line) if prompt else []
     return ids or [tokenizer.eot_id]
 
 
@@ -220,7 +220,7 @@ class LMTask(Task):
         h = self.hparams
         if not h.num_samples or self.trainer.global_rank != 0:
             return
-        ids = prompt_ids(self.tokenizer, h.sample_prompt)
+        ids = prompt_ids(self.tokenizer, h.sample_prompt, "model.sample_prompt")
         out = generate_ids(self.model, ids, h.sample_tokens, num_samples=h.num_samples,
                            temperature=h.sample_temperature, top_k=h.sample_top_k, seed=h.sample_seed)
         texts = [self.tokenizer.decode(row.tolist()) for row in out]
@@ -266,6 +266,8 @@ def main_generate(argv: list[str]) -> int:
             raise ValueError("--max_new_tokens and --num_samples must be at least 1")
         if args.top_p is not None and not 0 < args.top_p <= 1:
             raise ValueError(f"--top_p must be in (0, 1], got {args.top_p}")
+        if args.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
         if args.top_k is not None and args.top_k < 1:
             raise ValueError(f"--top_k must be at least 1, got {args.top_k}")
         if args.ckpt_path:

@@ -455,3 +455,20 @@ def test_bad_input_real_process_stderr_is_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and all(f in lines[0] for f in fragments), proc.stderr
         assert not (tmp_path / "run").exists() and not marker.exists()
+
+
+# ---- predict files: the file and line of what cannot be read ------------------------------------------------------
+def test_bad_input_lm_prompt_outside_the_character_vocabulary_names_file_and_line(checkpoints, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ROMEO:\nJuliet 日本\n", encoding="utf-8")
+    fails_in_one_line(capsys, ["lm", "predict", "--ckpt_path", str(checkpoints["lm"]), "--data.predict_file",
+                               str(prompts), "--run_dir", str(tmp_path / "run"), *QUIET],
+                      f"{prompts}, line 2: character '日' is not in the character vocabulary", run_dir=tmp_path / "run")
+
+
+def test_bad_input_pretrain_predict_line_with_three_fields(checkpoints, tmp_path, capsys):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("The [MASK] sat.\nA\tB\tC\n", encoding="utf-8")
+    fails_in_one_line(capsys, ["pretrain", "predict", "--ckpt_path", str(checkpoints["pretrain"]),
+                               "--data.predict_file", str(lines), "--run_dir", str(tmp_path / "run"), *QUIET],
+                      f"{lines}, line 2: 3 tab-separated fields", run_dir=tmp_path / "run")

@@ -126,7 +126,8 @@ def test_generation_from_checkpoint_is_reproducible_with_a_seed(trained_run, cap
 def test_generate_rejects_bad_arguments(trained_run, capsys):
     ckpt = str(trained_run / "checkpoints" / "last.ckpt")
     assert main_generate(["--ckpt_path", ckpt, "--prompt", "Café ♥", "--max_new_tokens", "3"]) == 2
-    assert "prompt:1: character 'é' is not in the character vocabulary" in capsys.readouterr().err
+    assert "--prompt, line 1: character 'é' is not in the character vocabulary" in capsys.readouterr().err
+    assert main_generate(["--ckpt_path", ckpt, "--temperature", "-1"]) == 2
     assert main_generate(["--ckpt_path", "nope.ckpt"]) == 2
     assert main_generate(["--ckpt_path", ckpt, "--top_p", "1.5"]) == 2
 

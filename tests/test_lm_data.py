@@ -57,7 +57,7 @@ def test_char_tokenizer_is_nanogpt_vocabulary_plus_eot():
     assert tok.eot_id == len(tok.chars) and tok.vocab_size == len(tok.chars) + 1
     assert tok.decode(tok.encode(text)) == text
     assert TextTokenizer.from_str(tok.to_str()).encode("First") == tok.encode("First")
-    with pytest.raises(ValueError, match=r"prompt:2: character 'é'"):
+    with pytest.raises(ValueError, match=r"prompt, line 2: character 'é'"):
         tok.encode("First\nCafé", where="prompt")
 
 
