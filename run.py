@@ -318,6 +318,9 @@ class TaskCLI(LightningCLI):
         if self.subcommand == "fit":
             callbacks.append(self.validation_step)
         if self.subcommand == "fit" and trainer_cfg.get("enable_checkpointing", True) is not False:
+            if not getattr(self.model, "monitor", None):
+                raise TypeError(f"{type(self.model).__name__} sets no `monitor`: every Task names the validation "
+                                "metric that picks the best checkpoint (tasks/base.py)")
             callbacks.append(ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best-epoch={epoch}-step={step}",
                 auto_insert_metric_name=False, monitor=self.model.monitor, mode=self.model.monitor_mode,

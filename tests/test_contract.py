@@ -17,12 +17,15 @@ from conftest import ROOT
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-def predict_inputs(task: str) -> int:
-    """Lines of the default config's predict file that are inputs (a TSV/CSV header is not)."""
+def predict_inputs(task: str) -> list[str]:
+    """The inputs of the default config's predict file, one per line (a TSV/CSV header is not one), as text: a JSON
+    line's string values joined, any other line as it is."""
     config = yaml.safe_load((ROOT / run.TASKS[task].default_config).read_text())
     path = ROOT / config["data"]["predict_file"]
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return len(lines) - (1 if path.suffix in (".tsv", ".csv") else 0)
+    lines = path.read_text(encoding="utf-8").splitlines()[(1 if path.suffix in (".tsv", ".csv") else 0):]
+    if path.suffix == ".jsonl":
+        return ["\n".join(v for v in json.loads(line).values() if isinstance(v, str)) for line in lines]
+    return lines
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,12 @@ def test_predict_from_the_checkpoint_alone_writes_one_line_per_input(fitted, tas
     assert run.main([task, "predict", "--ckpt_path", str(fitted[task] / "checkpoints" / "last.ckpt"),
                      "--predict_output", str(out), "--run_dir", str(tmp_path / "run"), *QUIET]) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == predict_inputs(task) > 0
+    inputs = predict_inputs(task)
+    assert len(rows) == len(inputs) > 0
     assert all(isinstance(r, dict) and r for r in rows)
+    for row, text in zip(rows, inputs):          # in input order: each row repeats (part of) its own input's text
+        if text.strip():
+            assert any(isinstance(v, str) and v.strip() and v.strip() in text for v in row.values()), (row, text)
 
 
 @pytest.mark.parametrize("task", list(run.TASKS))
