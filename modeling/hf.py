@@ -350,8 +350,8 @@ def transformer_config_to_marian(c: TransformerConfig, decoder_start_token_id: i
             "activation_function": _OUR_ACTIVATIONS[c.activation], "dropout": c.dropout,
             "attention_dropout": c.attention_dropout, "activation_dropout": 0.0,
             "max_position_embeddings": c.max_positions, "scale_embedding": True, "init_std": 0.02,
-            "pad_token_id": c.pad_token_id, "eos_token_id": eos_token_id, "forced_eos_token_id": eos_token_id,
-            "decoder_start_token_id": decoder_start_token_id}
+            "pad_token_id": c.pad_token_id, "eos_token_id": eos_token_id, "decoder_start_token_id": decoder_start_token_id,
+            "forced_eos_token_id": None}      # our decoding does not force </s> at max_new_tokens: nor does generate()
 
 
 def transformer_state_to_marian(model: Transformer) -> dict[str, Tensor]:
@@ -423,7 +423,17 @@ def save_transformer(model: Transformer, directory: str | Path, decoder_start_to
     transformers class has them with these positions and no embedding LayerNorm), BERT-style embeddings (a
     warm-started model: learned positions and a LayerNorm), a LayerNorm epsilon other than its fixed 1e-5, and a
     copy layer. The decoder starts from `decoder_start_token_id` (our <s>)."""
-    c = model.config
+    check_marian(model.config)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = transformer_config_to_marian(model.config, decoder_start_token_id, eos_token_id)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(transformer_state_to_marian(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def check_marian(c: TransformerConfig) -> None:
+    """A ValueError naming what of `c` a MarianMTModel cannot express (see save_transformer)."""
     if c.norm_first:
         raise ValueError("a pre-norm Transformer (norm_first) has no transformers class: MarianMTModel is post-norm")
     if c.embeddings != "sinusoidal":
@@ -432,9 +442,3 @@ def save_transformer(model: Transformer, directory: str | Path, decoder_start_to
         raise ValueError(f"layer_norm_eps {c.layer_norm_eps}: MarianMTModel's LayerNorms use 1e-5")
     if c.copy:
         raise ValueError("copy (a pointer-generator output layer): MarianMTModel has none")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = transformer_config_to_marian(c, decoder_start_token_id, eos_token_id)
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-    save_file(transformer_state_to_marian(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
-    return directory

@@ -38,7 +38,7 @@ from data.errors import ConfigError
 from data.lm_tokenizer import EOT, TextTokenizer
 from data.tokenization import tokenizer_from_str
 from modeling import BERT, GPT, GPTConfig, Transformer, TransformerConfig
-from modeling.hf import save_bert, save_gpt2, save_transformer
+from modeling.hf import check_marian, save_bert, save_gpt2, save_transformer
 from tasks.checkpoint import Blueprint, CheckpointError, blueprint, read_checkpoint
 from tasks.encoders import bert_config
 
@@ -151,14 +151,15 @@ def export_gpt(bp: Blueprint, state: dict[str, Tensor], out: Path) -> str:
 
 
 def export_transformer(bp: Blueprint, state: dict[str, Tensor], out: Path) -> str:
+    try:
+        check_marian(TransformerConfig(**bp.model_config))
+    except ValueError as e:
+        raise ConfigError(f"cannot export exactly: {e}") from None
     tokenizer = tokenizer_from_str(bp.tokenizer)
     start, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
     if start is None or eos is None:
         raise CheckpointError("the checkpoint's tokenizer has no <s> / </s> tokens")
-    try:
-        save_transformer(network(bp, state), out, start, eos)
-    except ValueError as e:
-        raise ConfigError(f"cannot export exactly: {e}") from None
+    save_transformer(network(bp, state), out, start, eos)
     return "MarianMTModel"
 
 
@@ -217,17 +218,30 @@ def save_tokenizer(bp: Blueprint, out: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 def export(ckpt_path: str | Path, task: str, out: str | Path) -> str:
     """Write the `task` checkpoint at `ckpt_path` as a Hugging Face directory `out`; returns what it wrote, in one
-    line. A missing checkpoint, another task's, or an `out` that is a file is a one-line ConfigError."""
+    line. A missing checkpoint, another task's, or an `out` that is a file or not empty (an earlier export's files
+    would mix with this one's) is a one-line ConfigError, and a refused export leaves no directory behind."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file, not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: not empty; an export writes a new (or empty) directory")
     ckpt = read_checkpoint(ckpt_path, task=task)
     bp = blueprint(ckpt, ckpt_path)
     if bp.model_kind not in EXPORTERS:
         raise CheckpointError(f"{ckpt_path}: unknown model kind {bp.model_kind!r}")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    what = EXPORTERS[bp.model_kind](bp, ckpt["state_dict"], out)
-    files = ["config.json", "model.safetensors"] + (save_tokenizer(bp, out) if bp.tokenizer else [])
+    try:
+        what = EXPORTERS[bp.model_kind](bp, ckpt["state_dict"], out)
+        if bp.tokenizer:
+            save_tokenizer(bp, out)
+        files = sorted(path.name for path in out.iterdir())
+    except BaseException:
+        for path in out.iterdir():      # it was empty: what is there now is this export's
+            path.unlink()
+        if created:
+            out.rmdir()
+        raise
     return f"{what}: {', '.join(files)}"
 
 

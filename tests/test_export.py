@@ -375,6 +375,7 @@ def test_seq2seq_checkpoint_exports_marian_and_a_tokenizer_that_ends_sources_wit
     assert hf_tokenizer.decode(hf_tokenizer(sources[0])["input_ids"], skip_special_tokens=True) == sources[0]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (config["decoder_start_token_id"], config["eos_token_id"]) == (1, 2)      # <s>, </s>
+    assert config["forced_eos_token_id"] is None          # generate() stops at max_new_tokens as ours does
 
 
 def seq2seq_examples(task: str) -> tuple[list[str], list[str]]:
@@ -409,12 +410,15 @@ def test_seq2seq_task_is_marian_with_the_same_logits(task, tmp_path_factory, tmp
 @pytest.mark.parametrize("setting, message", [({"norm_first": True}, "pre-norm"),
                                               ({"embeddings": "bert"}, "'bert' embeddings")])
 def test_bad_input_what_marian_cannot_express_is_refused_in_one_line(multi30k, tmp_path, setting, message):
+    """Named before the tokenizer is looked at: a warm-started model's WordPiece vocabulary has no <s> / </s>, and
+    saying so would hide the reason. A refused export leaves no directory."""
     tokenizer = multi30k[0]
     ours = small_transformer(tokenizer.get_vocab_size(), **setting)
-    bp = Blueprint("translate", "transformer", asdict(ours.config), tokenizer.to_str())
+    wordpiece = load_tokenizer(str(FIXTURES / "qa_vocab.txt")).to_str()
+    bp = Blueprint("summarize", "transformer", asdict(ours.config), wordpiece)
     with pytest.raises(ConfigError, match=message) as err:
-        export(save_ckpt(tmp_path / "t.ckpt", bp, "model.", ours), "translate", tmp_path / "hf")
-    assert "\n" not in str(err.value)
+        export(save_ckpt(tmp_path / "t.ckpt", bp, "model.", ours), "summarize", tmp_path / "hf")
+    assert "\n" not in str(err.value) and not (tmp_path / "hf").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,6 +433,7 @@ def test_bad_input_missing_or_another_tasks_checkpoint_or_out_file_is_one_line(c
         (["classify", "export", "--ckpt_path", str(classify_mean), "--out", str(tmp_path / "file")],
          "a file, not a directory"),
         (["classify", "export", "--out", str(tmp_path / "c")], "--ckpt_path"),
+        (["classify", "export", "--ckpt_path", str(classify_mean), "--out", str(tmp_path)], "not empty"),
     ]
     for argv, message in cases:
         capsys.readouterr()
