@@ -461,6 +461,25 @@ def check_config_files(args: list[str]) -> None:
             raise UsageError(f"{path}: not valid YAML ({one_line(e, 200)})") from None
 
 
+def in_which_config(error: Exception, args: list[str]) -> str:
+    """jsonargparse's "... does not accept option 'a.b'", prefixed with the --config file that sets a.b, if one does."""
+    import re
+
+    import yaml
+    unknown = re.search(r"does not accept option '([^']+)'", str(error))
+    if unknown is None:
+        return str(error)
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths += [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
+    for path in paths:
+        node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        for part in unknown.group(1).split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return f"{path}: unknown key {unknown.group(1)} ({error})"
+    return str(error)
+
+
 def user_error_types() -> tuple[type, ...]:
     """Errors that are the user's to fix, each reported as one line with exit code 2: a bad setting or data file
     (data.errors), a bad checkpoint (tasks.checkpoint.CheckpointError is a ConfigError), a missing path, a bad
@@ -495,10 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
         with warnings.catch_warnings():  # run.py passes args on purpose; Lightning warns about that
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+            if rest and rest[0] != "fit":      # evaluation restores no training callbacks, on purpose
+                warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
             cli = TaskCLI(task, rest)
         return EXIT_INTERRUPTED if cli.interrupted else 0
     except user_error_types() as e:
-        print(f"run.py {task}: error: {one_line(e)}", file=sys.stderr)
+        print(f"run.py {task}: error: {one_line(in_which_config(e, rest))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SIGTERMException:
         print(f"run.py {task}: stopped by SIGTERM; last.ckpt holds the last step: resume with --ckpt_path last",

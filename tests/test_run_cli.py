@@ -224,3 +224,12 @@ def test_a_run_from_a_checkpoint_keeps_its_settings_and_evaluation_needs_a_train
                            "was trained with 0.001"), line
     assert run.main(["classify", "fit", "--ckpt_path", "last", "--model.lr", "1e-3", "--trainer.max_steps", "4",
                      *quiet]) == 0
+
+
+def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path, capsys):
+    config = tmp_path / "mine.yaml"
+    config.write_text("trainer:\n  max_epochs: 1\nmodel:\n  pooling: mean\n  lrr: 0.1\n", encoding="utf-8")
+    assert run.main(["classify", "fit", "--config", str(ROOT / "configs/classify/default.yaml"),
+                     "--config", str(config), "--run_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"run.py classify: error: {config}: unknown key model.lrr"), err
