@@ -507,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         verbs = getattr(task_module, "VERBS", {})
         if rest and rest[0] in verbs:
             return int(verbs[rest[0]](rest[1:]) or 0)
+        if rest and rest[0] in ("-h", "--help"):       # LightningCLI's help lists the four subcommands only
+            print(f"verbs of {task} beyond {', '.join(SUBCOMMANDS)}: {', '.join([*verbs, *COMMON_VERBS])} "
+                  f"(run.py {task} <verb> --help)\n")
         if rest and not rest[0].startswith("-") and rest[0] not in SUBCOMMANDS:
             raise UsageError(f"unknown subcommand {rest[0]!r} for task {task!r}; choose from: "
                              + ", ".join([*SUBCOMMANDS, *verbs, *COMMON_VERBS]))

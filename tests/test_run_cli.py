@@ -233,3 +233,9 @@ def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path, capsys):
                      "--config", str(config), "--run_dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"run.py classify: error: {config}: unknown key model.lrr"), err
+
+
+def test_task_help_names_the_extra_verbs():
+    out = run_py("translate", "--help").stdout
+    assert out.startswith("verbs of translate beyond fit, validate, test, predict: average, export, attention")
+    assert "{fit,validate,test,predict}" in out                  # then LightningCLI's own help
