@@ -16,7 +16,7 @@ Prints per round the median step time of each (off / on) and their ratio, then t
 and the peak resident memory; records the median ratios (on / off, lower is faster).
 
     flock /tmp/heavy.lock python benchmarks/malloc_speed.py            # ~10 minutes alone on 2 cores; recorded
-    python benchmarks/malloc_speed.py --rounds 1 --steps 1 --no_record  # smoke test
+    python benchmarks/malloc_speed.py --rounds 1 --steps 1 --fit_batches 2 --no_record  # smoke test
 """
 from __future__ import annotations
 

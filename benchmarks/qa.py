@@ -13,7 +13,7 @@ Only SQuAD v1.1 dev is here: both train on its articles 0-37 and evaluate on art
     bash benchmarks/qa_gpu.sh OUTDIR MINILM_DIR SQUAD_JSON   # `--which both` with continued pre-training on one
                                             # CUDA GPU: one device call (its header says what to carry)
     python benchmarks/qa.py --which both --no_record --hf_args "--max_steps 3 --limit_eval 50" \
-        -- --trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 2   # smoke test
+        -- --trainer.max_epochs 2 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2   # smoke test
 
 Wall time is the whole command, process start to EM / F1 printed (imports, reading and tokenising the data,
 training, evaluation, checkpoints, logging): what a user waits for. EM / F1 are those of the last evaluation (the

@@ -40,7 +40,7 @@ RECORD=()
 if [ "${QA_GPU_SMOKE:-0}" = 1 ]; then
     HF_ARGS="$HF_ARGS --max_steps 3 --limit_eval 50"
     TAPT_ARGS="$TAPT_ARGS --trainer.max_steps 3"
-    QA_ARGS+=(--trainer.max_epochs 1 --trainer.limit_train_batches 3 --trainer.limit_val_batches 2)
+    QA_ARGS+=(--trainer.max_epochs 2 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2)
     RECORD=(--no_record)
 fi
 rows_before=$(wc -l < benchmarks/results.jsonl)
