@@ -249,9 +249,10 @@ class ClassificationDataModule(TaskDataModule):
                            group_by_length=self.hparams.group_by_length or not train)
 
     def predict_text(self, index: int) -> dict:
-        """The input row `index` of the predict file (for the prediction output)."""
+        """The input row `index` of the predict file (for the prediction output): its line in the file (1-based, as
+        every task's predictions say where their input was) and its text."""
         hp, table = self.hparams, self._raw["predict"]
-        out = {hp.text_column: table[hp.text_column][index]}
+        out = {"line": table["_line"][index], hp.text_column: table[hp.text_column][index]}
         if hp.text_pair_column:
             out[hp.text_pair_column] = table[hp.text_pair_column][index]
         return out

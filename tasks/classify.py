@@ -144,7 +144,7 @@ class ClassificationTask(Task):
         data = self.trainer.datamodule
         rows = []
         for i, index in enumerate(batch["index"].tolist()):
-            row = {"index": index, **data.predict_text(index)}
+            row = data.predict_text(index)
             if self.regression:
                 row["score"] = round(logits[i, 0].item(), 6)
             else:

@@ -212,7 +212,7 @@ class LMTask(Task):
             ids = prompt_ids(self.tokenizer, row["prompt"])
             out = generate_ids(self.model, ids, h.sample_tokens, temperature=h.sample_temperature,
                                top_k=h.sample_top_k, seed=h.sample_seed + row["index"])
-            rows.append({"index": row["index"], "prompt": row["prompt"],
+            rows.append({"line": row["index"] + 1, "prompt": row["prompt"],
                          "continuation": self.tokenizer.decode(out[0, len(ids):].tolist())})
         return rows
 
