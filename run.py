@@ -191,8 +191,7 @@ class TaskCLI(LightningCLI):
                                  for a in args if a.startswith("--model.")}
         # only the subcommand asked for gets a parser: each one costs most of a second to build (all four for --help)
         self.parsed_subcommands = [args[0]] if args and args[0] in SUBCOMMANDS else list(SUBCOMMANDS)
-        has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in args)
-        default = [str(ROOT / spec.default_config)] if not has_config else []
+        default = [] if config_paths(args) else [str(ROOT / spec.default_config)]
         sub_kwargs = {"exit_on_error": False, "default_config_files": default}
         try:
             super().__init__(
@@ -442,13 +441,17 @@ class TaskCLI(LightningCLI):
         (self.run_dir / f"{sub}_metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
+def config_paths(args: list[str]) -> list[str]:
+    """The files of `--config FILE`, `--config=FILE` and `-c FILE` in `args`."""
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    return paths + [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
+
+
 def check_config_files(args: list[str]) -> None:
     """Every `--config FILE` exists and is YAML; else one UsageError line naming the file and line (jsonargparse
     would name neither)."""
     import yaml
-    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    paths += [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
-    for path in map(Path, paths):
+    for path in map(Path, config_paths(args)):
         if not path.is_file():
             raise UsageError(f"--config {path}: " + ("file not found" if not path.exists() else "not a file"))
         try:
@@ -469,9 +472,7 @@ def in_which_config(error: Exception, args: list[str]) -> str:
     unknown = re.search(r"does not accept option '([^']+)'", str(error))
     if unknown is None:
         return str(error)
-    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    paths += [b for a, b in zip(args, args[1:]) if a in ("-c", "--config")]
-    for path in paths:
+    for path in config_paths(args):
         node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         for part in unknown.group(1).split("."):
             node = node.get(part) if isinstance(node, dict) else None

@@ -368,16 +368,17 @@ class TextDataModule(TaskDataModule):
                            group_by_length=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Batches of {"index", "prompt"}: every line of the predict file, in order."""
+        """Batches of {"index", "prompt", "ids"}: every line of the predict file, in order, with its token ids (a
+        character outside the vocabulary is an error naming the file and line)."""
         if not self.predict_file:
             raise DataError("lm predict: give data.predict_file (prompts, one per line)")
         lines = read_documents([self.predict_file])[0].split("\n")
         if lines and lines[-1] == "":
             lines.pop()                                   # the file's final newline ends the last line
-        if self.tokenizer is not None:        # a character outside the vocabulary: named here, by file and line
-            for i, line in enumerate(lines):
-                self.tokenizer.encode(line, self.predict_file, i + 1)
-        rows = [{"index": i, "prompt": line} for i, line in enumerate(lines)]
+        if self.tokenizer is None:
+            raise DataError("lm predict: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
+        rows = [{"index": i, "prompt": line, "ids": self.tokenizer.encode(line, self.predict_file, i + 1)}
+                for i, line in enumerate(lines)]
         return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
 
     def state_dict(self) -> dict:

@@ -33,9 +33,9 @@ from tasks.checkpoint import Blueprint, blueprint, read_checkpoint
 # ---------------------------------------------------------------------------------------------------------
 # Text generation shared by validation samples and `lm generate`
 # ---------------------------------------------------------------------------------------------------------
-def prompt_ids(tokenizer: TextTokenizer, prompt: str, where: str = "--prompt", line: int = 1) -> list[int]:
+def prompt_ids(tokenizer: TextTokenizer, prompt: str, where: str = "--prompt") -> list[int]:
     """Token ids of `prompt`; an empty prompt starts from the end-of-text token (GPT-2's unconditional start)."""
-    ids = tokenizer.encode(prompt, where, line) if prompt else []
+    ids = tokenizer.encode(prompt, where) if prompt else []
     return ids or [tokenizer.eot_id]
 
 
@@ -209,7 +209,7 @@ class LMTask(Task):
         h = self.hparams
         rows = []
         for row in batch:
-            ids = prompt_ids(self.tokenizer, row["prompt"])
+            ids = row["ids"] or [self.tokenizer.eot_id]       # encoded by the data module; empty: as prompt_ids
             out = generate_ids(self.model, ids, h.sample_tokens, temperature=h.sample_temperature,
                                top_k=h.sample_top_k, seed=h.sample_seed + row["index"])
             rows.append({"line": row["index"] + 1, "prompt": row["prompt"],

@@ -44,7 +44,6 @@ class QATask(Task):
     name = "qa"
     monitor = "val/f1"          # the checkpoint with the best evaluation F1 is kept
     monitor_mode = "max"
-
     decoding = ("n_best", "max_answer_length", "null_threshold")         # each test / predict run's own
 
     def __init__(self, n_best: int = 20, max_answer_length: int = 30, null_threshold: float = 0.0, **kwargs):
