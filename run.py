@@ -403,9 +403,14 @@ class TaskCLI(LightningCLI):
             lines.append(f"best checkpoint: {best.best_model_path}{score}")
         if self.last_checkpoint is not None:
             lines.append(f"last checkpoint: {self.last_checkpoint.path} (step {self.final_step})")
-        # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results
+        # learning rates per parameter group are in metrics.csv and fit_metrics.json; the console gets the results,
+        # and the train/ values apart: they are of the last logged batch, not of the whole final model
         shown = {k: v for k, v in self.metrics().items() if not k.startswith("lr-")}
-        lines.append("final metrics: " + json.dumps(shown, sort_keys=True))
+        lines.append("final metrics: " + json.dumps({k: v for k, v in shown.items() if not k.startswith("train/")},
+                                                    sort_keys=True))
+        last_batch = {k: v for k, v in shown.items() if k.startswith("train/")}
+        if last_batch:
+            lines.append("last training batch: " + json.dumps(last_batch, sort_keys=True))
         if self.stale_validation:
             last = self.last_checkpoint.path if self.last_checkpoint is not None else "<checkpoint>"
             lines.append(f"the val/ metrics are of step {self.validation_step.step}, not of the final step "

@@ -63,6 +63,11 @@ def test_default_config_trains_on_the_bundled_sample(tmp_path):
     # the console shows the results; per-group learning rates stay in fit_metrics.json and metrics.csv
     assert printed["val/accuracy"] == summary["metrics"]["val/accuracy"]
     assert not any(k.startswith("lr-") for k in printed) and any(k.startswith("lr-") for k in summary["metrics"])
+    # the last batch's training loss is shown apart, named for what it is
+    assert "train/loss" not in printed and "train/loss" in summary["metrics"]
+    last_batch = [line for line in proc.stdout.splitlines() if line.startswith("last training batch: ")]
+    assert json.loads(last_batch[0].removeprefix("last training batch: "))["train/loss"] == \
+        summary["metrics"]["train/loss"]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "config.yaml").is_file()
 
