@@ -24,8 +24,10 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -312,6 +314,8 @@ class TaskCLI(LightningCLI):
             if self.subcommand == "fit" and cfg.get("ckpt_path"):
                 version = next(f"resume_{i}" for i in range(1, 10_000) if not (run_dir / f"resume_{i}").exists())
             loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=version))
+            if not (run_dir / version / "metrics.csv").exists():    # the directory holds wandb's files, not a log
+                warnings.filterwarnings("ignore", message=f"Experiment logs directory {re.escape(str(run_dir))}")
             if self.subcommand == "fit":
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "fit":
@@ -365,8 +369,10 @@ class TaskCLI(LightningCLI):
             rank_zero_warn(f"wandb unavailable ({one_line(e, 120)}); logging to CSV only")
             return []
         run_dir.mkdir(parents=True, exist_ok=True)
-        return [WandbLogger(save_dir=str(run_dir), project=f"nlp-{run_dir.parent.name}", name=run_dir.name,
-                            offline=os.environ["WANDB_MODE"] == "offline")]
+        logger = WandbLogger(save_dir=str(run_dir), project=f"nlp-{run_dir.parent.name}", name=run_dir.name,
+                             offline=os.environ["WANDB_MODE"] == "offline")
+        logger._wandb_init.pop("anonymous", None)   # Lightning always passes it, and wandb (0.19+) warns that it is gone
+        return [logger]
 
     # ---- reports --------------------------------------------------------------------------------------------
     def metrics(self) -> dict:
@@ -471,8 +477,6 @@ def check_config_files(args: list[str]) -> None:
 
 def in_which_config(error: Exception, args: list[str]) -> str:
     """jsonargparse's "... does not accept option 'a.b'", prefixed with the --config file that sets a.b, if one does."""
-    import re
-
     import yaml
     unknown = re.search(r"does not accept option '([^']+)'", str(error))
     if unknown is None:
@@ -520,9 +524,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"unknown subcommand {rest[0]!r} for task {task!r}; choose from: "
                              + ", ".join([*SUBCOMMANDS, *verbs, *COMMON_VERBS]))
         check_config_files(rest)
-        import warnings
         with warnings.catch_warnings():  # run.py passes args on purpose; Lightning warns about that
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+            # Lightning 2.6 calls a torch API this torch deprecates, on every run: a note for its developers, not the user
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             if rest and rest[0] != "fit":      # evaluation restores no training callbacks, on purpose
                 warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
             cli = TaskCLI(task, rest)

@@ -244,3 +244,15 @@ def test_task_help_names_the_extra_verbs():
     out = run_py("translate", "--help").stdout
     assert out.startswith("verbs of translate beyond fit, validate, test, predict: average, export, attention")
     assert "{fit,validate,test,predict}" in out                  # then LightningCLI's own help
+
+
+def test_a_fit_that_fails_while_starting_prints_its_error_line_alone(tmp_path):
+    """With wandb on (offline, the default) and the CSV log beside it: stderr is the one error line, without
+    wandb's warning about a setting Lightning passes or the CSV logger's about the run directory wandb filled."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "classify", "fit", "--model.freeze_depth", "99",
+                           "--run_dir", str(tmp_path / "run"), "--data.cache_dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "run.py classify: error: model.freeze_depth 99: the encoder has 3 levels (the embeddings and 2 layers)"]
