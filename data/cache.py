@@ -59,37 +59,25 @@ def cached_text(path: Optional[Path], build: Callable[[], str], what: str) -> st
     return text
 
 
-def load_columns(cache_dir: str | Path, key: str) -> Optional[dict[str, list]]:
-    """The cached columns as plain Python lists, or None when there is no cache under `key`."""
-    path = Path(cache_dir) / key
-    if not (path / "dataset_info.json").exists():
-        return None
-    import datasets
-    table = datasets.load_from_disk(str(path)).data       # Arrow columns -> lists at once (`ds[name]` goes row by row)
-    return {name: table.column(name).to_pylist() for name in table.column_names}
-
-
-def save_columns(cache_dir: str | Path, key: str, columns: dict[str, list]) -> None:
-    """Store the columns under `key` (written beside it, then renamed into place)."""
-    import datasets
-    path = Path(cache_dir) / key
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    datasets.disable_progress_bars()
-    datasets.Dataset.from_dict(columns).save_to_disk(str(tmp))
-    if path.exists():                  # another run stored the same key meanwhile: its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        tmp.rename(path)
-
-
 def cached_columns(cache_dir: Optional[str | Path], key: str, build: Callable[[], dict[str, list]],
                    write: bool = True) -> dict[str, list]:
-    """The columns cached under `key`, or `build()`'s (stored when `write`). `cache_dir` None: no cache."""
+    """The columns cached under `key`, or `build()`'s (stored when `write`: written beside the key, then renamed
+    into place). `cache_dir` None: no cache."""
     if cache_dir is None:
         return build()
-    columns = load_columns(cache_dir, key)
-    if columns is None:
-        columns = build()
-        if write:
-            save_columns(cache_dir, key, columns)
+    path = Path(cache_dir) / key
+    if (path / "dataset_info.json").exists():
+        import datasets
+        table = datasets.load_from_disk(str(path)).data    # Arrow columns -> lists at once (`ds[name]`: row by row)
+        return {name: table.column(name).to_pylist() for name in table.column_names}
+    columns = build()
+    if write:
+        import datasets
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        datasets.disable_progress_bars()
+        datasets.Dataset.from_dict(columns).save_to_disk(str(tmp))
+        if path.exists():                  # another run stored the same key meanwhile: its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(path)
     return columns
