@@ -92,23 +92,19 @@ class ClassificationDataModule(TaskDataModule):
         self._encoded: dict[str, EncodedDataset] = {}
 
     # ---- reading and checking ---------------------------------------------------------------------------
-    def _source(self, split: str) -> tuple[Optional[str], Optional[str]]:
-        """(local file, hub split) for `train`, `val`, `test` or `predict`."""
-        hp = self.hparams
-        local = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file, "predict": hp.predict_file}[split]
-        hub = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split, "predict": None}[split]
-        return local, (hub if hp.dataset and not local else None)
-
-    def _read(self, split: str, need_labels: bool) -> dict[str, list]:
+    def _read(self, split: str) -> dict[str, list]:
+        """The rows of `train`, `val`, `test` or `predict` (which has no label column): its local file, else the
+        hub dataset's split."""
         hp = self.hparams
         columns = [hp.text_column] + ([hp.text_pair_column] if hp.text_pair_column else [])
-        local, hub_split = self._source(split)
+        if split != "predict":
+            columns.append(hp.label_column)
+        local = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file, "predict": hp.predict_file}[split]
+        hub_split = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split, "predict": None}[split]
         if local:
-            table = read_table(local, columns + ([hp.label_column] if need_labels else []))
-            origin = local
-        elif hub_split:
-            table, origin = self._read_hub(hub_split, columns + ([hp.label_column] if need_labels else [])), \
-                f"{hp.dataset}/{hp.dataset_config or ''}:{hub_split}"
+            table, origin = read_table(local, columns), local
+        elif hp.dataset and hub_split:
+            table, origin = self._read_hub(hub_split, columns), f"{hp.dataset}/{hp.dataset_config or ''}:{hub_split}"
         else:
             raise DataError(f"no {split} data: set data.{split}_file (or data.dataset for a hub dataset)")
         table["_origin"] = origin
@@ -152,14 +148,6 @@ class ClassificationDataModule(TaskDataModule):
             out.append(index[value])
         return out
 
-    @staticmethod
-    def _infer_labels(values: list[str]) -> list[str]:
-        distinct = set(values)
-        try:
-            return sorted(distinct, key=float)
-        except ValueError:
-            return sorted(distinct)
-
     # ---- Lightning hooks ----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Reads and checks the files this stage needs (errors stop the run before any training)."""
@@ -170,9 +158,13 @@ class ClassificationDataModule(TaskDataModule):
                 continue
             if split == "val" and stage == "fit" and not (hp.val_file or hp.dataset):
                 continue
-            self._raw[split] = self._read(split, need_labels=split != "predict")
+            self._raw[split] = self._read(split)
         if stage == "fit" and not self.regression and self.labels is None:
-            self.labels = self._infer_labels(self._raw["train"][hp.label_column])
+            distinct = set(self._raw["train"][hp.label_column])
+            try:
+                self.labels = sorted(distinct, key=float)
+            except ValueError:
+                self.labels = sorted(distinct)
             log.info("labels inferred from %s: %s", self._raw["train"]["_origin"], self.labels)
         if self.regression or self.labels is not None:  # else: labels come from the checkpoint
             for split in splits:
@@ -201,7 +193,7 @@ class ClassificationDataModule(TaskDataModule):
             raise DataError("no tokenizer: set data.tokenizer (a model directory, tokenizer.json or vocab.txt) or "
                             "model.pretrained")
         if split not in self._raw:
-            self._raw[split] = self._read(split, need_labels=split != "predict")
+            self._raw[split] = self._read(split)
         table = self._raw[split]
         if split != "predict" and "targets" not in table:
             if self.labels is None and not self.regression:
