@@ -13,6 +13,13 @@ from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 
 
+def _unpadded(tokenizer: Tokenizer) -> Tokenizer:
+    """`tokenizer` with any padding or truncation saved in it switched off."""
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 def load_wordpiece(path: str | Path, lowercase: bool = True) -> Tokenizer:
     """A WordPiece tokenizer from a directory holding `tokenizer.json` or `vocab.txt`, or from either file."""
     path = Path(path)
@@ -26,12 +33,8 @@ def load_wordpiece(path: str | Path, lowercase: bool = True) -> Tokenizer:
     if not path.exists():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     if path.suffix == ".json":
-        tokenizer = Tokenizer.from_file(str(path))
-    else:
-        tokenizer = BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
+        return _unpadded(Tokenizer.from_file(str(path)))
+    return _unpadded(BertWordPieceTokenizer(str(path), lowercase=lowercase)._tokenizer)
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
@@ -46,13 +49,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
     except Exception as e:  # noqa: BLE001 - offline or unknown name
         raise FileNotFoundError(f"{spec}: not a tokenizer file or directory here, and not loadable from the hub "
                                 f"({type(e).__name__})") from None
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
+    return _unpadded(tokenizer)
 
 
 def tokenizer_from_str(text: str) -> Tokenizer:
-    tokenizer = Tokenizer.from_str(text)
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
+    return _unpadded(Tokenizer.from_str(text))
