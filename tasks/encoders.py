@@ -16,9 +16,6 @@ from tasks.checkpoint import blueprint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
-PREFIX = "bert."
-_HEADS = ("mlm_head.", "nsp_head.")
-
 
 def bert_config(fields: dict, overrides: Optional[dict] = None, source: str = "model.config") -> BertConfig:
     """A BertConfig from `fields` updated with `overrides`; an unknown field is a one-line ConfigError."""
@@ -44,11 +41,11 @@ def load_encoder(pretrained: str, pooler: bool, overrides: Optional[dict] = None
     if bp.model_kind != "bert":
         raise ConfigError(f"{pretrained}: a {bp.task!r} checkpoint holds a {bp.model_kind}, not a BERT encoder")
     bert = BERT(bert_config(bp.model_config, overrides, pretrained), pooler=pooler, pretraining_heads=pretraining_heads)
-    state = {k[len(PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(PREFIX)}
+    state = {k.removeprefix("bert."): v for k, v in ckpt["state_dict"].items() if k.startswith("bert.")}
     wanted = bert.state_dict()
     state = {k: v for k, v in state.items() if k in wanted}
     missing = [k for k in wanted if k not in state]
-    encoder_missing = [k for k in missing if not k.startswith(("pooler.", *_HEADS))]
+    encoder_missing = [k for k in missing if not k.startswith(("pooler.", "mlm_head.", "nsp_head."))]
     if encoder_missing:
         raise ConfigError(f"{pretrained}: encoder weights missing from the checkpoint: {', '.join(encoder_missing[:5])}")
     if missing:
