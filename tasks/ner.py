@@ -213,17 +213,15 @@ class NERTask(Task):
                             for i in mine[:5]])
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            return
-        self._score("val", self.val_f1, "val")
+        if not self.trainer.sanity_checking:
+            self._score("val", self.val_f1, "val")
 
     def on_test_epoch_end(self) -> None:
         self._score("test", self.test_f1, "test")
 
 
 def widen_segments(bert: BERT) -> None:
-    """One segment row per casing class, each starting as the pretrained segment-0 row, so training starts from
-    the pretrained model exactly."""
+    """One segment row per casing class, each a copy of the pretrained segment-0 row (see the module doc)."""
     old = bert.embeddings.segment
     new = nn.Embedding(len(CASING), old.embedding_dim)
     with torch.no_grad():
