@@ -43,10 +43,9 @@ class TextTokenizer:
             tokenizer.no_padding()
             tokenizer.no_truncation()
             self.tokenizer = tokenizer
-            eot = tokenizer.token_to_id(EOT)
-            if eot is None:
+            self.eot_id = tokenizer.token_to_id(EOT)
+            if self.eot_id is None:
                 raise ValueError(f"byte-level BPE vocabulary has no {EOT} token")
-            self.eot_id = eot
             self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         else:
             raise ValueError(f"unknown tokenizer kind {kind!r}: expected 'char' or 'bpe'")
@@ -55,10 +54,7 @@ class TextTokenizer:
     @classmethod
     def char_from_text(cls, texts: Iterable[str]) -> "TextTokenizer":
         """Sorted set of the characters in `texts`, as nanoGPT's shakespeare_char/prepare.py builds it."""
-        chars: set[str] = set()
-        for text in texts:
-            chars.update(text)
-        return cls("char", chars="".join(sorted(chars)))
+        return cls("char", chars="".join(sorted(set().union(*texts))))
 
     @classmethod
     def gpt2(cls, path: str | Path) -> "TextTokenizer":
@@ -66,16 +62,12 @@ class TextTokenizer:
         path = Path(path)
         for vocab, merges in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
             if (path / vocab).exists() and (path / merges).exists():
-                break
-        else:
-            if (path / "tokenizer.json").exists():
-                tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-                return cls("bpe", tokenizer=tok)
-            raise FileNotFoundError(f"{path}: expected encoder.json + vocab.bpe, vocab.json + merges.txt "
-                                    f"or tokenizer.json")
-        bpe = ByteLevelBPETokenizer(str(path / vocab), str(path / merges))
-        bpe.add_special_tokens([EOT])  # already id 50256 in GPT-2's vocabulary; this makes it atomic in text
-        return cls("bpe", tokenizer=bpe._tokenizer)
+                bpe = ByteLevelBPETokenizer(str(path / vocab), str(path / merges))
+                bpe.add_special_tokens([EOT])  # already id 50256 in GPT-2's vocabulary; this makes it atomic in text
+                return cls("bpe", tokenizer=bpe._tokenizer)
+        if (path / "tokenizer.json").exists():
+            return cls("bpe", tokenizer=Tokenizer.from_file(str(path / "tokenizer.json")))
+        raise FileNotFoundError(f"{path}: expected encoder.json + vocab.bpe, vocab.json + merges.txt or tokenizer.json")
 
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "TextTokenizer":
