@@ -45,8 +45,6 @@ def read_documents(paths: Sequence[str | Path]) -> list[str]:
 def split_documents(docs: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """Cut the concatenated documents at character `int(n * (1 - val_fraction))`: the head trains, the tail
     validates. The document that straddles the cut is split in two. Deterministic, no shuffling."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     total = sum(len(d) for d in docs)
     cut = int(total * (1.0 - val_fraction))
     train, val, seen = [], [], 0
@@ -71,10 +69,8 @@ def file_digest(path: str | Path) -> str:
 # Token cache
 # ---------------------------------------------------------------------------------------------------------
 def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
-    """`{split: memmap}` from `cache_dir/key.*`, or `build()` -> {split: array} written there first.
-
-    Each array is written to a temporary name and renamed, so an interrupted run never leaves a partial cache.
-    """
+    """`{split: memmap}` from `cache_dir/key.*`, or `build()` -> {split: array} written there first (each file by
+    write_atomic, the metadata last: an interrupted run never leaves a partial cache)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta_path = cache_dir / f"{key}.json"
     if not meta_path.exists():
