@@ -128,24 +128,19 @@ class ClassificationDataModule(TaskDataModule):
 
     def _labels_to_targets(self, table: dict) -> list:
         """Class ids (or floats for regression); an unknown label is an error naming file and line."""
-        hp, origin = self.hparams, table["_origin"]
-        raw = table[hp.label_column]
-        if self.regression:
-            out = []
-            for value, line in zip(raw, table["_line"]):
+        origin, index = table["_origin"], {name: i for i, name in enumerate(self.labels or [])}
+        out = []
+        for value, line in zip(table[self.hparams.label_column], table["_line"]):
+            if self.regression:
                 try:
                     out.append(float(value))
                 except ValueError:
                     raise DataError(f"{origin}, line {line}: label {value!r} is not a number "
                                     f"(regression data)") from None
-            return out
-        index = {name: i for i, name in enumerate(self.labels)}
-        out = []
-        for value, line in zip(raw, table["_line"]):
-            if value not in index:
-                raise DataError(f"{origin}, line {line}: label {value!r} is not in the label set "
-                                f"{self.labels}")
-            out.append(index[value])
+            elif value in index:
+                out.append(index[value])
+            else:
+                raise DataError(f"{origin}, line {line}: label {value!r} is not in the label set {self.labels}")
         return out
 
     # ---- Lightning hooks ----------------------------------------------------------------------------------
