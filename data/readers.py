@@ -43,8 +43,8 @@ def read_text(path: str | Path) -> str:
     return text.removeprefix("\ufeff")
 
 
-def read_table(path: str | Path, columns: list[str], optional: tuple[str, ...] = ()) -> dict[str, list]:
-    """Read `columns` (all required) and `optional` columns (kept when present) from a .tsv/.csv/.jsonl file.
+def read_table(path: str | Path, columns: list[str]) -> dict[str, list]:
+    """Read `columns` (all required, none empty) from a .tsv/.csv/.jsonl file.
 
     Returns a dict column -> list of strings, with the extra key "_line" (1-based file line of each row).
     """
@@ -53,16 +53,15 @@ def read_table(path: str | Path, columns: list[str], optional: tuple[str, ...] =
     if suffix not in (".jsonl", ".json", ".tsv", ".csv", ".txt"):
         raise DataError(f"{path}: unknown file type {suffix!r}; expected .tsv, .csv or .jsonl")
     if suffix in (".jsonl", ".json"):
-        table = _read_jsonl(path, columns, optional)
+        table = _read_jsonl(path, columns)
     else:
-        table = _read_delimited(path, read_text(path), columns, optional, "," if suffix == ".csv" else "\t")
+        table = _read_delimited(path, read_text(path), columns, "," if suffix == ".csv" else "\t")
     if not table["_line"]:
         raise DataError(f"{path}: no data rows (the file is empty or holds only a header)")
     return table
 
 
-def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[str, ...],
-                    delimiter: str) -> dict[str, list]:
+def _read_delimited(path: Path, text: str, columns: list[str], delimiter: str) -> dict[str, list]:
     kind = "tab" if delimiter == "\t" else "comma"
     with io.StringIO(text, newline="") as f:
         # GLUE TSVs are not quoted (sentences contain bare quotes), so only CSV uses quoting; strict: a quote that is
@@ -79,7 +78,7 @@ def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[s
         missing = [c for c in columns if c not in header]
         if missing:
             raise DataError(f"{path}: no column {missing[0]!r} in the header (columns: {', '.join(header)})")
-        wanted = {c: header.index(c) for c in [*columns, *(o for o in optional if o in header)]}
+        wanted = {c: header.index(c) for c in columns}
         table: dict[str, list] = {c: [] for c in wanted}
         table["_line"] = []
         line = 1                                    # the last line read (a quoted field may span lines)
@@ -93,7 +92,7 @@ def _read_delimited(path: Path, text: str, columns: list[str], optional: tuple[s
                                     f"({', '.join(header)}), found {len(row)}")
                 for c, i in wanted.items():
                     value = row[i].strip()
-                    if not value and c in columns:
+                    if not value:
                         raise DataError(f"{path}, line {first}: empty value in column {c!r}")
                     table[c].append(value)
                 table["_line"].append(first)
@@ -117,21 +116,13 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
         yield line, row
 
 
-def _read_jsonl(path: Path, columns: list[str], optional: tuple[str, ...]) -> dict[str, list]:
-    table: dict[str, list] = {c: [] for c in [*columns, *optional]}
+def _read_jsonl(path: Path, columns: list[str]) -> dict[str, list]:
+    table: dict[str, list] = {c: [] for c in columns}
     table["_line"] = []
-    seen_optional = set()
     for line, row in read_json_lines(path):
         for c in columns:
             if c not in row or row[c] is None or str(row[c]).strip() == "":
                 raise DataError(f"{path}, line {line}: missing or empty key {c!r} (keys: {', '.join(map(str, row))})")
             table[c].append(str(row[c]).strip())
-        for c in optional:
-            if c in row:
-                seen_optional.add(c)
-            table[c].append(str(row[c]).strip() if row.get(c) is not None else "")
         table["_line"].append(line)
-    for c in optional:
-        if c not in seen_optional:
-            del table[c]
     return table
