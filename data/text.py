@@ -128,7 +128,7 @@ class RandomBlocks(IterableDataset):
     (evaluation) pass p yields `num_batches` batches from a generator seeded with (seed, p): successive
     evaluations draw new batches, a rerun draws the same ones, and a resumed run (`passes` restored) too.
 
-    One stream, shared: every process of `num_replicas` (DDP) and every DataLoader worker draws the same batches
+    One stream, shared: each of the W processes (DDP) and every DataLoader worker draws the same batches
     and keeps its own, process r the batches r, r + W, r + 2W, ... of the stream (so W processes train on what one
     would see in W times the steps, and evaluation counts each batch once), and worker k of K every K-th of those,
     in the order the DataLoader takes them from its workers. `skip` counts this process's batches. Each batch
@@ -138,17 +138,14 @@ class RandomBlocks(IterableDataset):
     SAMPLING = ("random", "shuffled")
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 num_batches: int | None = None, sampling: str = "random", skip: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None):
+                 num_batches: int | None = None, sampling: str = "random", skip: int = 0):
         if len(tokens) < block_size + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1")
         if sampling not in self.SAMPLING:
             raise ValueError(f"sampling {sampling!r} is not one of {self.SAMPLING}")
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.num_batches, self.seed, self.sampling, self.skip = num_batches, seed, sampling, skip
-        default_world, default_rank = world()                # this process's share by default
-        self.num_replicas = default_world if num_replicas is None else num_replicas
-        self.rank = default_rank if rank is None else rank
+        self.num_replicas, self.rank = world()                # this process's share of the stream
         self.rng = np.random.default_rng(seed)
         self.passes = 0
         self._offsets = np.arange(block_size + 1)
