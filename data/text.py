@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -342,6 +343,9 @@ class TextDataModule(TaskDataModule):
                 self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size, seed=self.seed + 1,
                                                 num_batches=self.val_batches)
                 self._val_stream.passes = self._val_passes
+            # Lightning warns of any IterableDataset with a length that workers could duplicate it; RandomBlocks
+            # gives each worker its own share of the stream
+            warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
             return DataLoader(self._val_stream, batch_size=None, generator=self.loader_generator())
         blocks = SlidingWindows(val, self.block_size, stride=self.block_size, pad_id=self.tokenizer.eot_id)
         return self._evaluation_loader(blocks)
