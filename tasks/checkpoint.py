@@ -150,7 +150,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
 
     def __init__(self, dirpath: str | Path, every_n_steps: Optional[int] = None):
         super().__init__()
-        self.path = Path(dirpath) / self.FILENAME
+        self.path = Path(dirpath).absolute() / self.FILENAME    # absolute, as ModelCheckpoint names the best one
         self.every_n_steps = every_n_steps
         self.interrupted = False                   # stopped by SIGINT (Ctrl-C)
         self.terminated = False                    # stopped by SIGTERM

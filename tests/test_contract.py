@@ -49,6 +49,7 @@ def test_fit_writes_last_checkpoint_with_the_task_blueprint(fitted, task):
     assert ckpt["task"]["tokenizer"]                                   # predict needs nothing else
     summary = json.loads((fitted[task] / "fit_metrics.json").read_text())
     assert summary["global_step"] == 2 and summary["last_checkpoint"].endswith("last.ckpt")
+    assert Path(summary["last_checkpoint"]).is_absolute()          # as the best checkpoint's path: from any directory
 
 
 @pytest.mark.parametrize("task", list(run.TASKS))
