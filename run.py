@@ -185,6 +185,7 @@ class TaskCLI(LightningCLI):
         spec = TASKS[task]
         self.task = task
         self.checkpoint: Optional[dict] = None
+        self.checkpoint_step: Optional[int] = None     # the global step of the checkpoint given (--ckpt_path)
         self.run_dir: Optional[Path] = None
         self.created_run_dir = False
         self.last_checkpoint = None
@@ -252,6 +253,7 @@ class TaskCLI(LightningCLI):
                                  f"or `last`: the newest of this config's fits) or --model.pretrained")
             return
         self.checkpoint = read_checkpoint(cfg["ckpt_path"], task=self.task)
+        self.checkpoint_step = int(self.checkpoint.get("global_step", 0))
         hparams = {k: v for k, v in self.checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
         for key in sorted(self.given_model_keys & set(hparams)):
             given, trained = cfg["model"][key], hparams[key]
@@ -371,7 +373,7 @@ class TaskCLI(LightningCLI):
         run_dir.mkdir(parents=True, exist_ok=True)
         logger = WandbLogger(save_dir=str(run_dir), project=f"nlp-{run_dir.parent.name}", name=run_dir.name,
                              offline=os.environ["WANDB_MODE"] == "offline")
-        logger._wandb_init.pop("anonymous", None)   # Lightning always passes it, and wandb (0.19+) warns that it is gone
+        logger._wandb_init.pop("anonymous", None)       # Lightning always passes it; wandb (0.19+) warns it is gone
         return [logger]
 
     # ---- reports --------------------------------------------------------------------------------------------
@@ -429,7 +431,9 @@ class TaskCLI(LightningCLI):
             write_curves(self.run_dir, self.trainer.loggers)
 
     def after_validate(self) -> None:
-        rank_zero_info(f"run directory: {self.run_dir}\nmetrics: " + json.dumps(self.metrics(), sort_keys=True))
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        scored = f"checkpoint: {ckpt} (step {self.checkpoint_step})\n" if ckpt else ""
+        rank_zero_info(f"run directory: {self.run_dir}\n{scored}metrics: " + json.dumps(self.metrics(), sort_keys=True))
         self.write_summary(self.subcommand)
 
     after_test = after_validate
@@ -443,7 +447,9 @@ class TaskCLI(LightningCLI):
         if self.trainer.global_rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        summary = {"subcommand": sub, "metrics": self.metrics(), "global_step": self.final_step}
+        # an evaluation's trainer counts no steps: its model is the checkpoint's (None: model.pretrained as it is)
+        step = self.final_step if sub == "fit" else self.checkpoint_step
+        summary = {"subcommand": sub, "metrics": self.metrics(), "global_step": step}
         if sub == "fit":
             best = self.trainer.checkpoint_callback
             summary.update(best_checkpoint=(best.best_model_path or None) if best else None,

@@ -67,6 +67,17 @@ def test_predict_from_the_checkpoint_alone_writes_one_line_per_input(fitted, tas
 
 
 @pytest.mark.parametrize("task", list(run.TASKS))
+def test_test_from_the_checkpoint_alone_scores_the_defaults_test_split(fitted, task, tmp_path):
+    """Every embedded default has a test split, so `run.py <task> test --ckpt_path X` works on a fresh clone."""
+    run_dir = tmp_path / "run"
+    assert run.main([task, "test", "--ckpt_path", str(fitted[task] / "checkpoints" / "last.ckpt"),
+                     "--run_dir", str(run_dir), *QUIET]) == 0
+    summary = json.loads((run_dir / "test_metrics.json").read_text())
+    assert summary["subcommand"] == "test" and summary["global_step"] == 2
+    assert any(key.startswith("test/") for key in summary["metrics"]), summary
+
+
+@pytest.mark.parametrize("task", list(run.TASKS))
 def test_resume_from_last_continues_to_the_requested_step(fitted, task, tmp_path):
     run_dir = tmp_path / "run"
     assert run.main([task, "fit", "--trainer.max_steps", "2", "--run_dir", str(run_dir), "--wandb", "false",

@@ -17,19 +17,22 @@ from tokenizers.processors import TemplateProcessing
 HERE = Path(__file__).resolve().parent / "sst2"
 
 
-def sample(src: Path, dst: Path, n: int, seed: int = 0) -> list[str]:
+def sample(src: Path, dst: Path, n: int, seed: int = 0, exclude: frozenset = frozenset()) -> list[str]:
+    """`n` random rows of `src` (none of `exclude`) written to `dst` under its header; returns the rows."""
     lines = src.read_text(encoding="utf-8").splitlines()
-    header, rows = lines[0], lines[1:]
+    header, rows = lines[0], [r for r in lines[1:] if r not in exclude]
     rows = random.Random(seed).sample(rows, min(n, len(rows)))
     dst.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    return [r.split("\t")[0] for r in rows]
+    return rows
 
 
 def main(src_dir: str) -> None:
     src = Path(src_dir)
     HERE.mkdir(parents=True, exist_ok=True)
-    texts = sample(src / "train.tsv", HERE / "train.tsv", 3000)
-    sample(src / "dev.tsv", HERE / "dev.tsv", 300)
+    texts = [row.split("\t")[0] for row in sample(src / "train.tsv", HERE / "train.tsv", 3000)]
+    dev = sample(src / "dev.tsv", HERE / "dev.tsv", 300)
+    # GLUE's test labels are hidden: the test sample is 300 other rows of dev, used neither to train nor to pick
+    sample(src / "dev.tsv", HERE / "test.tsv", 300, seed=1, exclude=frozenset(dev))
     tokenizer = BertWordPieceTokenizer(lowercase=True)
     tokenizer.train_from_iterator(texts, vocab_size=2000, min_frequency=2)
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
