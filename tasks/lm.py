@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from pytorch_lightning import Callback
 from torchmetrics import MeanMetric, SumMetric
 
 from data.errors import ConfigError, check_fields
@@ -82,6 +83,20 @@ class TextStreamer:
         text = self.tokenizer.decode(self.ids)
         self.out.write(text[self.printed:] + "\n")
         self.out.flush()
+
+
+class FlushDenormals(Callback):
+    """CPU float math flushes denormals to zero while a run lasts. The flag is the process's: it is cleared when the
+    run ends, by an error too (a LightningModule's teardown is not called then), so later code is not affected."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        torch.set_flush_denormal(True)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        torch.set_flush_denormal(False)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        torch.set_flush_denormal(False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,13 +162,8 @@ class LMTask(Task):
                               f"({self.model.config.max_positions}); pass --data.block_size "
                               f"{self.model.config.max_positions}")
 
-    def setup(self, stage: str) -> None:
-        if self.hparams.flush_denormal:
-            torch.set_flush_denormal(True)               # a process-wide CPU flag: teardown clears it
-
-    def teardown(self, stage: str) -> None:
-        if self.hparams.flush_denormal:
-            torch.set_flush_denormal(False)
+    def configure_callbacks(self) -> list[Callback]:
+        return [FlushDenormals()] if self.hparams.flush_denormal else []
 
     # training ----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:

@@ -211,3 +211,23 @@ def test_lm_fit_under_bf16_autocast_with_clipping(tmp_path, monkeypatch):
     assert rc == 0
     metrics = json.loads((tmp_path / "bf16" / "fit_metrics.json").read_text())["metrics"]
     assert 0 < metrics["val/loss"] < 5
+
+
+def denormals_flushed() -> bool:
+    return bool((torch.tensor([1e-310], dtype=torch.float64) * 1.0)[0] == 0)
+
+
+def test_flush_denormal_lasts_the_run_and_no_longer(tmp_path, monkeypatch):
+    """model.flush_denormal sets a process-wide CPU flag: on while an lm run trains, off after it, and off after a
+    run that fails too (it used to stay on, and later code in the process lost its subnormal floats)."""
+    quiet = ["--trainer.enable_progress_bar", "false", "--wandb", "false"]
+    calls = []
+    real = torch.set_flush_denormal
+    monkeypatch.setattr(torch, "set_flush_denormal", lambda on: calls.append(on) or real(on))
+    assert run.main(["lm", "fit", "--trainer.max_steps", "2", "--run_dir", str(tmp_path / "a"), *quiet]) == 0
+    assert calls == [True, False] and not denormals_flushed()
+    calls.clear()
+    last = str(tmp_path / "a" / "checkpoints" / "last.ckpt")      # a context longer than the model's: refused
+    assert run.main(["lm", "fit", "--ckpt_path", last, "--data.block_size", "128", "--run_dir", str(tmp_path / "b"),
+                     *quiet]) == 2
+    assert calls == [True, False] and not denormals_flushed()
