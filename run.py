@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         check_config_files(rest)
         with warnings.catch_warnings():  # run.py passes args on purpose; Lightning warns about that
             warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-            # Lightning 2.6 calls a torch API this torch deprecates, on every run: a note for its developers, not the user
+            # Lightning 2.6 calls a torch API this torch deprecates, on every run: a note for its developers
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
             if rest and rest[0] != "fit":      # evaluation restores no training callbacks, on purpose
                 warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
