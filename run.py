@@ -242,11 +242,11 @@ class TaskCLI(LightningCLI):
         self.run_dir = self._resolve_run_dir(sub, cfg)
         if cfg.get("ckpt_path") == "last":
             searched = [self.run_dir] if sub == "fit" or cfg.get("run_dir") else self._numbered_runs(cfg, "fit")
-            found = [c for c in map(latest_checkpoint, searched) if c is not None]
-            if not found:
+            newest = latest_checkpoint(*searched)
+            if newest is None:
                 raise UsageError(f"--ckpt_path last: no checkpoint in {searched[0] / 'checkpoints'}"
                                  + ("" if len(searched) == 1 else " or its numbered siblings (_2, _3, ...)"))
-            cfg["ckpt_path"] = str(max(found, key=lambda c: c.stat().st_mtime_ns))
+            cfg["ckpt_path"] = str(newest)
         if not cfg.get("ckpt_path"):
             if sub != "fit" and not cfg["model"].get("pretrained"):
                 raise UsageError(f"{sub} needs a trained model: --ckpt_path (a checkpoint of `run.py {self.task} fit`, "
@@ -276,9 +276,9 @@ class TaskCLI(LightningCLI):
             run_dir = Path(cfg["run_dir"])
         else:
             candidates = self._numbered_runs(cfg, sub)
-            if sub == "fit" and cfg.get("ckpt_path") == "last":
-                with_ckpt = [c for c in candidates if latest_checkpoint(c) is not None]
-                run_dir = max(with_ckpt, key=lambda c: latest_checkpoint(c).stat().st_mtime_ns, default=candidates[0])
+            if sub == "fit" and cfg.get("ckpt_path") == "last":  # the run of the newest: <run>/checkpoints/<file>
+                newest = latest_checkpoint(*candidates)
+                run_dir = newest.parent.parent if newest is not None else candidates[0]
             else:
                 run_dir = next(c for c in candidates if not c.exists())
         self.created_run_dir = not run_dir.exists()

@@ -109,11 +109,11 @@ def blueprint(ckpt: dict, path: str | Path = "checkpoint", task: Optional[str] =
     return bp
 
 
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """The most recently written `*.ckpt` under `run_dir/checkpoints`, whatever its name (None if there is none).
-    A tie goes to last.ckpt: a best checkpoint written in the same clock tick (a few ms on Linux) holds the state
-    after the same step's validation, and last.ckpt the one to continue from (LastCheckpoint)."""
-    files = list((Path(run_dir) / "checkpoints").glob("*.ckpt"))
+def latest_checkpoint(*run_dirs: str | Path) -> Optional[Path]:
+    """The most recently written `*.ckpt` under `<run_dir>/checkpoints` of any of `run_dirs`, whatever its name (None
+    if there is none). A tie goes to last.ckpt: a best checkpoint written in the same clock tick (a few ms on Linux)
+    holds the state after the same step's validation, and last.ckpt the one to continue from (LastCheckpoint)."""
+    files = [path for run_dir in run_dirs for path in (Path(run_dir) / "checkpoints").glob("*.ckpt")]
     return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name == LastCheckpoint.FILENAME)) if files else None
 
 
@@ -162,13 +162,18 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     def save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
-        self._saved_best = {key: set(state["best_k_models"]) for key, state in self._best_states(trainer).items()}
+        self._saved_best = self._kept(self._best_states(trainer))
 
     @staticmethod
     def _best_states(trainer) -> dict[str, dict]:
         """The state of each ModelCheckpoint (which best checkpoints it keeps, and their scores), by state key."""
         return {cb.state_key: cb.state_dict() for cb in trainer.checkpoint_callbacks
                 if isinstance(cb, pl.callbacks.ModelCheckpoint)}
+
+    @staticmethod
+    def _kept(states: dict[str, dict]) -> dict[str, set]:
+        """The files each ModelCheckpoint state keeps, by state key."""
+        return {key: set(state["best_k_models"]) for key, state in states.items()}
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._count_a_finished_epoch_once(trainer)
@@ -234,10 +239,10 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
             self.save(trainer)
         elif trainer.is_global_zero and self.path.is_file():
             best = self._best_states(trainer)
-            if {key: set(state["best_k_models"]) for key, state in best.items()} != self._saved_best:
+            if self._kept(best) != self._saved_best:
                 # the validation after the stop kept a new best checkpoint (and deleted the one last.ckpt names):
                 # a resumed run must compare against, and delete, the files that are there
-                checkpoint = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+                checkpoint = read_checkpoint(self.path)
                 checkpoint["callbacks"].update(best)
                 trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.path)
             os.utime(self.path)     # the newest again, after a best checkpoint the stopping validation may have written

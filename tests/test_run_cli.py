@@ -132,6 +132,13 @@ def test_ckpt_path_last_finds_the_newest_checkpoint_whatever_its_name(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step=9.ckpt"
     os.utime(ckpts / "last.ckpt", ns=(3 * 10**9, 3 * 10**9))          # the same clock tick: last.ckpt wins the tie
     assert latest_checkpoint(tmp_path).name == "last.ckpt"
+    # over several runs (a config's numbered run directories): the newest of all, a missing directory none
+    other = tmp_path / "run_2"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    os.utime(other / "checkpoints" / "last.ckpt", ns=(4 * 10**9, 4 * 10**9))
+    assert latest_checkpoint(tmp_path, other, tmp_path / "run_3") == other / "checkpoints" / "last.ckpt"
+    assert latest_checkpoint(tmp_path / "run_3") is None
 
 
 def test_a_user_error_removes_the_run_directory_it_created_but_not_an_existing_one(tmp_path, capsys):
