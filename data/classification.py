@@ -1,7 +1,7 @@
 """Sentence and sentence-pair classification / regression data (GLUE style).
 
-Local `.tsv` / `.csv` / `.jsonl` files (columns named in the config) or a hub dataset (`dataset: glue`,
-`dataset_config: sst2`, when online) are read and checked row by row (`data.readers`), labels are mapped
+Local `.tsv` / `.csv` / `.jsonl` files (columns named in the config) or dataset splits (`hub:glue:sst2:train`,
+data/hub.py) are read and checked row by row (`data.readers`), labels are mapped
 to class ids (or floats for regression), and text is tokenised with the `tokenizers` library:
 `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]` with segment ids 0 / 1. Tokenised splits are cached as
 `datasets` Arrow files keyed by file content, tokenizer and settings, so a second run skips tokenisation.
@@ -21,6 +21,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
+from data.hub import local_file
 from data.readers import read_table
 from data.tokenization import load_tokenizer
 
@@ -51,11 +52,6 @@ class ClassificationDataModule(TaskDataModule):
         val_file: Optional[str] = None,
         test_file: Optional[str] = None,
         predict_file: Optional[str] = None,
-        dataset: Optional[str] = None,
-        dataset_config: Optional[str] = None,
-        train_split: str = "train",
-        val_split: str = "validation",
-        test_split: str = "test",
         text_column: str = "sentence",
         text_pair_column: Optional[str] = None,
         label_column: str = "label",
@@ -69,8 +65,8 @@ class ClassificationDataModule(TaskDataModule):
     ):
         """
         Args:
-            train_file, val_file, test_file, predict_file: local .tsv/.csv/.jsonl files (header names the columns).
-            dataset, dataset_config: a `datasets` hub name (e.g. glue, sst2), used for splits without a file.
+            train_file, val_file, test_file, predict_file: .tsv/.csv/.jsonl files (a header names the columns), or
+                dataset splits: hub:NAME[:CONFIG]:SPLIT (e.g. hub:glue:sst2:validation; data/hub.py).
             text_column, text_pair_column: the sentence column, and the second sentence's for pairs.
             label_column: the label column (not needed in predict_file).
             labels: the label set, in class-id order, as written in the files (e.g. ["0", "1"]).
@@ -93,37 +89,17 @@ class ClassificationDataModule(TaskDataModule):
 
     # ---- reading and checking ---------------------------------------------------------------------------
     def _read(self, split: str) -> dict[str, list]:
-        """The rows of `train`, `val`, `test` or `predict` (which has no label column): its local file, else the
-        hub dataset's split."""
+        """The rows of `train`, `val`, `test` or `predict` (which has no label column)."""
         hp = self.hparams
         columns = [hp.text_column] + ([hp.text_pair_column] if hp.text_pair_column else [])
         if split != "predict":
             columns.append(hp.label_column)
-        local = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file, "predict": hp.predict_file}[split]
-        hub_split = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split, "predict": None}[split]
-        if local:
-            table, origin = read_table(local, columns), local
-        elif hp.dataset and hub_split:
-            table, origin = self._read_hub(hub_split, columns), f"{hp.dataset}/{hp.dataset_config or ''}:{hub_split}"
-        else:
-            raise DataError(f"no {split} data: set data.{split}_file (or data.dataset for a hub dataset)")
-        table["_origin"] = origin
-        return table
-
-    def _read_hub(self, split: str, columns: list[str]) -> dict[str, list]:
-        import datasets
-        hp = self.hparams
-        try:
-            ds = datasets.load_dataset(hp.dataset, hp.dataset_config, split=split)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{hp.dataset}/{hp.dataset_config}: cannot load split {split!r} "
-                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        missing = [c for c in columns if c not in ds.column_names]
-        if missing:
-            raise DataError(f"{hp.dataset}/{hp.dataset_config}:{split}: no column {missing[0]!r} "
-                            f"(columns: {', '.join(ds.column_names)})")
-        table = {c: [str(v) for v in ds[c]] for c in columns}
-        table["_line"] = list(range(1, len(ds) + 1))
+        spec = {"train": hp.train_file, "val": hp.val_file, "test": hp.test_file, "predict": hp.predict_file}[split]
+        if not spec:
+            raise DataError(f"no {split} data: set data.{split}_file (a file, or a dataset split hub:NAME:SPLIT)")
+        path = local_file(spec, "table")
+        table = read_table(path, columns)
+        table["_origin"] = str(path)
         return table
 
     def _labels_to_targets(self, table: dict) -> list:
@@ -151,7 +127,7 @@ class ClassificationDataModule(TaskDataModule):
         for split in splits:
             if split in self._raw:
                 continue
-            if split == "val" and stage == "fit" and not (hp.val_file or hp.dataset):
+            if split == "val" and stage == "fit" and not hp.val_file:
                 continue
             self._raw[split] = self._read(split)
         if stage == "fit" and not self.regression and self.labels is None:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.errors import ConfigError, DataError
+from data.hub import local_file
 from data.readers import read_text
 from data.tokenization import load_tokenizer
 
@@ -347,7 +348,7 @@ class CoNLLDataModule(TaskDataModule):
 
     def _read(self, path: str, labels: list[str] | None = None) -> list[Sentence]:
         h = self.hparams
-        return read_conll(path, iob1=h.iob1, strict_bio=h.strict_bio, labels=labels)
+        return read_conll(local_file(path, "conll"), iob1=h.iob1, strict_bio=h.strict_bio, labels=labels)
 
     def setup(self, stage: str | None = None) -> None:
         """Reads and checks this stage's files (windows are cut later, once the tokenizer is known)."""
@@ -365,7 +366,7 @@ class CoNLLDataModule(TaskDataModule):
             if split == "predict":
                 if not h.predict_file:
                     raise DataError("ner predict: give data.predict_file (plain text, one sentence per line)")
-                self.sentences["predict"] = read_plain_text(h.predict_file)
+                self.sentences["predict"] = read_plain_text(local_file(h.predict_file, "text"))
             elif split != "train":
                 path = {"val": h.val_file, "test": h.test_file}[split]
                 if path is None and split == "val" and stage == "fit":

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.errors import ConfigError, DataError, check_fields
+from data.hub import local_file
 from data.readers import read_table, read_text
 from data.squad import read_contexts
 from data.cache import cached_text, content_key, default_cache_dir
@@ -102,7 +103,7 @@ def read_corpus(files: Sequence[CorpusFile | str | Path]) -> list[Document]:
 
 
 def _read_file(spec: CorpusFile) -> list[Document]:
-    path = Path(spec.path)
+    path = Path(local_file(spec.path, {"squad": "squad", "jsonl": "table"}.get(spec.format, "text")))
     if spec.articles is not None and spec.format != "squad":
         raise ConfigError(f"data.files entry {path}: 'articles' is for format 'squad' only")
     if spec.format == "squad":
@@ -667,7 +668,7 @@ class PretrainDataModule(TaskDataModule):
         if stage == "predict" and self._predict_lines is None:
             if not self.hparams.predict_file:
                 raise DataError("pretrain predict: give data.predict_file (text lines with [MASK] tokens)")
-            self._predict_lines = read_text(self.hparams.predict_file).splitlines()
+            self._predict_lines = read_text(local_file(self.hparams.predict_file, "text")).splitlines()
             for n, line in enumerate(self._predict_lines, 1):
                 if len(fields := line.split("\t")) > 2:
                     raise DataError(f"{self.hparams.predict_file}, line {n}: {len(fields)} tab-separated fields; a "

@@ -33,6 +33,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, cached_text, content_key
 from data.errors import ConfigError, DataError
+from data.hub import local_file
 from data.readers import read_json_lines, read_table, read_text
 from data.tokenization import load_tokenizer, tokenizer_from_str
 
@@ -359,6 +360,7 @@ class Seq2SeqDataModule(TaskDataModule):
         hp, spec = self.hparams, self.files[split]
         if spec is None:
             raise DataError(f"no {split} data: set data.{split}_file")
+        spec = local_file(spec, "table")
         if split == "predict":
             return self._read_sources(spec)
         if isinstance(spec, (list, tuple)):

@@ -46,6 +46,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
+from data.hub import is_hub, local_file
 from data.readers import read_json_lines, read_text
 from data.tokenization import load_tokenizer
 
@@ -87,7 +88,7 @@ def read_squad(path: str | Path, version_2: bool = False, require_answers: bool 
         (its `plausible_answers` are ignored). In v1.1 mode `is_impossible` is an error.
     require_answers: False for files to predict on, whose questions may come without answers.
     """
-    path = Path(path)
+    path = Path(local_file(path, "squad"))
     return _questions(path, _load_json(path)[1], version_2, require_answers)
 
 
@@ -138,7 +139,7 @@ def read_contexts(path: str | Path, articles: Optional[range] = None) -> list[tu
     """The paragraphs (contexts) of a SQuAD file, once each in file order: (context, article, line of the file).
     `articles` keeps only those article indices: pre-training on the QA training articles reads no evaluation
     article. The file gets `read_squad`'s checks (v1.1 or v2.0; answers not required)."""
-    path = Path(path)
+    path = Path(local_file(path, "squad"))
     text, root = _load_json(path)
     questions = _questions(path, root, version_2=True, require_answers=False)
     if articles is not None:
@@ -533,7 +534,7 @@ class SquadDataModule(TaskDataModule):
             if not h.predict_file:
                 raise DataError('qa predict: give data.predict_file (JSON lines {"question", "context"} or a SQuAD '
                                 '.json file)')
-            if Path(h.predict_file).suffix == ".json":
+            if Path(h.predict_file).suffix == ".json" or is_hub(h.predict_file):
                 return read_squad(h.predict_file, h.version_2, require_answers=False)
             return read_qa_jsonl(h.predict_file)
         path = {"train": h.train_file, "val": h.val_file, "test": h.test_file}[split]

@@ -28,6 +28,7 @@ from data.base import TaskDataModule
 from data.batching import world
 from data.cache import cached_text, content_key, default_cache_dir, write_atomic
 from data.errors import ConfigError, DataError
+from data.hub import local_file
 from data.readers import read_text, require_file
 from data.lm_tokenizer import TextTokenizer
 
@@ -288,6 +289,7 @@ class TextDataModule(TaskDataModule):
             return
         if not self.train_files:
             raise DataError("data.train_files: no training text files given")
+        self.train_files = [str(local_file(p, "text")) for p in self.train_files]      # a hub: split as a file
         digests = [file_digest(p) for p in self.train_files]
         corpus_key = content_key(*digests, str(self.val_fraction))
 
@@ -355,7 +357,8 @@ class TextDataModule(TaskDataModule):
             raise DataError("data.test_file: `lm test` needs a text file to score")
         if self.tokenizer is None:
             raise DataError("lm test: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
-        tokens = self.tokenizer.encode_documents(read_documents([self.test_file]), [self.test_file])
+        path = str(local_file(self.test_file, "text"))
+        tokens = self.tokenizer.encode_documents(read_documents([path]), [path])
         stride = self.test_stride or max(1, self.block_size // 2)
         return self._evaluation_loader(SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id))
 
@@ -369,12 +372,13 @@ class TextDataModule(TaskDataModule):
         character outside the vocabulary is an error naming the file and line)."""
         if not self.predict_file:
             raise DataError("lm predict: give data.predict_file (prompts, one per line)")
-        lines = read_documents([self.predict_file])[0].split("\n")
+        path = str(local_file(self.predict_file, "text"))
+        lines = read_documents([path])[0].split("\n")
         if lines and lines[-1] == "":
             lines.pop()                                   # the file's final newline ends the last line
         if self.tokenizer is None:
             raise DataError("lm predict: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
-        rows = [{"index": i, "prompt": line, "ids": self.tokenizer.encode(line, self.predict_file, i + 1)}
+        rows = [{"index": i, "prompt": line, "ids": self.tokenizer.encode(line, path, i + 1)}
                 for i, line in enumerate(lines)]
         return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
 
