@@ -52,6 +52,21 @@ def conll_as_hub(path) -> dict:
     return rows, names
 
 
+SQUAD_FEATURES = Features({"id": Value("string"), "title": Value("string"), "context": Value("string"),
+                           "question": Value("string"),
+                           "answers": Sequence({"text": Value("string"), "answer_start": Value("int32")})})
+
+
+def squad_as_hub(path) -> dict:
+    """A SQuAD file as the hub's squad rows: one row per question, with its article's title and its context."""
+    root = json.loads(path.read_text())
+    flat = [(a["title"], p["context"], qa) for a in root["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    return {"id": [qa["id"] for _, _, qa in flat], "title": [t for t, _, _ in flat],
+            "context": [c for _, c, _ in flat], "question": [qa["question"] for _, _, qa in flat],
+            "answers": [{"text": [a["text"] for a in qa["answers"]],
+                         "answer_start": [a["answer_start"] for a in qa["answers"]]} for _, _, qa in flat]}
+
+
 def test_conll_split_reads_as_the_file_it_came_from(tmp_path, fixtures):
     rows, names = conll_as_hub(fixtures / "conll_train.txt")
     features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=names))})
@@ -63,22 +78,9 @@ def test_conll_split_reads_as_the_file_it_came_from(tmp_path, fixtures):
 
 
 def test_squad_split_reads_as_the_file_it_came_from(tmp_path, fixtures):
-    original = read_squad(fixtures / "squad_dev_sample.json")
-    root = json.loads((fixtures / "squad_dev_sample.json").read_text())
-    rows = {k: [] for k in ("id", "title", "context", "question", "answers")}
-    for article in root["data"]:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                rows["id"].append(qa["id"])
-                rows["title"].append(article["title"])
-                rows["context"].append(paragraph["context"])
-                rows["question"].append(qa["question"])
-                rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
-                                        "answer_start": [a["answer_start"] for a in qa["answers"]]})
-    features = Features({"id": Value("string"), "title": Value("string"), "context": Value("string"),
-                         "question": Value("string"),
-                         "answers": Sequence({"text": Value("string"), "answer_start": Value("int32")})})
-    directory = write_splits(tmp_path / "squad", features, validation=rows)
+    path = fixtures / "squad_dev_sample.json"
+    original = read_squad(path)
+    directory = write_splits(tmp_path / "squad", SQUAD_FEATURES, validation=squad_as_hub(path))
     from_hub = read_squad(local_file(f"hub:{directory}:validation", "squad"))
     assert len(from_hub) == len(original) > 10
     assert from_hub == original
@@ -182,10 +184,33 @@ def test_pretrain_corpus_from_a_wikitext_like_split_equals_the_file(tmp_path, fi
 
 def test_lm_fit_and_test_from_hub_splits(tmp_path, fixtures, no_wandb):
     text = (fixtures / "tinyshakespeare_head.txt").read_text()
+    unseen = (fixtures / "tinyshakespeare_test.txt").read_text()
     directory = write_splits(tmp_path / "shakespeare", Features({"text": Value("string")}),
-                             train={"text": [text]}, test={"text": [(fixtures / "tinyshakespeare_test.txt").read_text()]})
+                             train={"text": [text]}, test={"text": [unseen]})
     common = ["--run_dir", str(tmp_path / "run"), "--wandb", "false"]
     assert run.main(["lm", "fit", "--data.train_files", f"[hub:{directory}:train]", "--trainer.max_steps", "2",
                      *common]) == 0
     assert run.main(["lm", "test", "--ckpt_path", "last", "--data.test_file", f"hub:{directory}:test", *common]) == 0
     assert "test/loss" in json.loads((tmp_path / "run" / "test_metrics.json").read_text())["metrics"]
+
+
+def test_real_conll_and_squad_splits_read_as_their_files(tmp_path, shared_data):
+    """The whole CoNLL-2003 training set and SQuAD v1.1 dev, laid out as their hub versions (conll2003's nine
+    ClassLabel names in its order), read back equal to the files."""
+    conll = shared_data("conll2003", "train.txt")
+    rows, _ = conll_as_hub(conll)
+    hub_names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    ours = label_set(read_conll(conll))
+    rows["ner_tags"] = [[hub_names.index(ours[t]) for t in tags] for tags in rows["ner_tags"]]
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=hub_names))})
+    directory = write_splits(tmp_path / "conll2003", features, train=rows)
+    original = read_conll(conll)
+    from_hub = read_conll(local_file(f"hub:{directory}:train", "conll"))
+    assert len(original) > 14_000
+    assert [(s.words, s.tags, s.doc) for s in from_hub] == [(s.words, s.tags, s.doc) for s in original]
+
+    squad = shared_data("squad", "dev-v1.1.json")
+    directory = write_splits(tmp_path / "squad", SQUAD_FEATURES, validation=squad_as_hub(squad))
+    original = read_squad(squad)
+    assert len(original) == 10_570
+    assert read_squad(local_file(f"hub:{directory}:validation", "squad")) == original
