@@ -160,3 +160,22 @@ def test_tokenised_split_is_cached(tmp_path):
     dm2._tokenize = None  # a cache hit must not tokenise again
     assert dm2._encoded_split("train").columns["input_ids"] == first.columns["input_ids"]
     assert len(first) == 48 and sorted(set(first.columns["labels"])) == [0, 1]
+
+
+@pytest.mark.parametrize("labels, inferred", [
+    (["1", "0", "1"], ["0", "1"]),
+    (["10", "9", "2"], ["2", "9", "10"]),                    # numbers in numeric order, not as strings
+    (["pos", "neg", "neutral"], ["neg", "neutral", "pos"]),
+])
+def test_label_set_inferred_from_the_training_file(tmp_path, labels, inferred):
+    """Without data.labels, the classes are the training file's distinct labels in sorted order, and the other
+    splits map to them."""
+    rows = "".join(f"sentence {i}\t{label}\n" for i, label in enumerate(labels))
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\n" + f"a dev sentence\t{labels[0]}\n")
+    dm = ClassificationDataModule(train_file=str(tmp_path / "train.tsv"), val_file=str(tmp_path / "dev.tsv"),
+                                  tokenizer=str(SAMPLE_TOKENIZER), cache_dir=None)
+    dm.setup("fit")
+    assert dm.labels == inferred
+    assert [inferred[t] for t in dm._raw["train"]["targets"]] == labels
+    assert dm._raw["val"]["targets"] == [inferred.index(labels[0])]
