@@ -213,8 +213,6 @@ def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dic
                   label_all_subtokens: bool = False) -> list[Window]:
     """Cut sentences (or whole documents) into windows of at most `max_length` sub-tokens with specials.
     `label2id=None` leaves every position unlabelled (IGNORE), for inputs without gold tags."""
-    if context not in ("sentence", "document"):
-        raise ConfigError(f"data.context {context!r}: choose sentence or document")
     room = max_length - 2
     if room < 1:
         raise ConfigError(f"data.max_length {max_length}: leaves no room for tokens between [CLS] and [SEP]")
@@ -244,9 +242,8 @@ def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dic
                     inner = label2id.get("I-" + tag[2:], first) if tag.startswith("B-") else first
                 for k, piece in enumerate(pieces):
                     stream.append((piece, first, case, (si, wi)) if k == 0 else (piece, inner, case, None))
+        # document: starts every `stride` sub-tokens up to the first window that reaches the end of the stream
         starts = [0] if context == "sentence" else list(range(0, max(1, len(stream) - room + stride), stride))
-        if context == "document" and starts[-1] + room < len(stream):
-            starts.append(starts[-1] + stride)
         # each word goes to the window where its first sub-token is farthest from an edge
         owner: dict[int, int] = {}
         for pos, item in enumerate(stream):

@@ -33,7 +33,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, cached_text, content_key
 from data.errors import ConfigError, DataError
-from data.hub import local_file
+from data.hub import is_hub, local_file
 from data.readers import read_json_lines, read_table, read_text
 from data.tokenization import load_tokenizer, tokenizer_from_str
 
@@ -367,6 +367,9 @@ class Seq2SeqDataModule(TaskDataModule):
             if len(spec) != 2:
                 raise ConfigError(f"data.{split}_file: one table file or two line-aligned files [source, target], "
                                   f"not {len(spec)} files")
+            if any(map(is_hub, spec)):
+                raise ConfigError(f"data.{split}_file {list(spec)}: a hub split holds both sides: give it alone, with "
+                                  f"data.source_column and data.target_column")
             return read_parallel(*spec)
         return read_pairs(spec, hp.source_column, hp.target_column, hp.references_column)
 

@@ -153,6 +153,22 @@ def test_bad_input_data_file_not_utf8_names_the_real_line(task, tmp_path, capsys
 
 
 @pytest.mark.parametrize("task", TASKS)
+def test_bad_input_malformed_hub_split(task, tmp_path, capsys):
+    """A data file given as a dataset split (data/hub.py) that is not hub:NAME[:CONFIG]:SPLIT."""
+    expected = "a hub split holds both sides" if task == "translate" else "expected hub:NAME:SPLIT"
+    fails_in_one_line(capsys, fit(task, tmp_path / "run", *with_training_file(task, "hub:nonsense")),
+                      "hub:nonsense", expected, run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("case, args, fragment", [
+    ("context", ["--data.context", "paragraph"], "data.context 'paragraph': choose sentence or document"),
+    ("stride", ["--data.context", "document", "--data.stride", "0"], "data.stride 0: must be in 1.."),
+])
+def test_bad_input_ner_window_settings(case, args, fragment, tmp_path, capsys):
+    fails_in_one_line(capsys, fit("ner", tmp_path / "run", *args), fragment, run_dir=tmp_path / "run")
+
+
+@pytest.mark.parametrize("task", TASKS)
 def test_bad_input_byte_order_mark_and_crlf_are_read_as_the_plain_file(task, checkpoints, tmp_path):
     """Excel writes a byte-order mark, Windows CRLF line ends: the same run as on the plain file, weight for weight."""
     original = training_file(task)[2]
