@@ -3,11 +3,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 import run
-from conftest import ROOT
+from conftest import ROOT, require_shared
 
 
 def run_py(*args, timeout=120):
@@ -263,3 +265,38 @@ def test_a_fit_that_fails_while_starting_prints_its_error_line_alone(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "run.py classify: error: model.freeze_depth 99: the encoder has 3 levels (the embeddings and 2 layers)"]
+
+
+TASK_CONFIGS = sorted(f"{path.parent.name}/{path.name}" for task in run.TASKS
+                      for path in (ROOT / "configs" / task).glob("*.yaml"))
+
+
+def named_paths(node) -> list[str]:
+    """Every string in a parsed config that names a file or directory here (a relative or ../ path)."""
+    if isinstance(node, dict):
+        return [p for value in node.values() for p in named_paths(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in named_paths(value)]
+    looks_like_path = isinstance(node, str) and "/" in node and not node.startswith(("hub:", "http")) \
+        and " " not in node and not node.startswith(".cache")
+    return [node] if looks_like_path and (node.startswith((".", "tests/", "data/", "configs/")) or "." in node) else []
+
+
+@pytest.mark.parametrize("config", TASK_CONFIGS)
+def test_every_config_parses_and_names_files_that_exist(config, capsys):
+    """Each YAML in configs/<task>/ parses against its task's current options (a renamed or removed option would
+    fail here, not in a user's hour-long run), and every file it names exists: the repository's own, and
+    ../shared/data's (fails under REQUIRE_SHARED_DATA=1 when that is missing; skipped otherwise)."""
+    task = config.split("/")[0]
+    with pytest.raises(SystemExit) as exit_info:
+        run.main([task, "fit", "--config", str(ROOT / "configs" / config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    paths = named_paths({"data": printed["data"], "model": printed["model"]})
+    if config.endswith("default.yaml"):
+        assert paths, f"{config} names no data file: the check below would test nothing"
+    for path in paths:
+        if path.startswith("../shared/"):
+            require_shared(*Path(path).parts[3:])
+        else:
+            assert (ROOT / path).exists(), f"{config}: {path} does not exist"
