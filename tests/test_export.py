@@ -98,6 +98,23 @@ def test_classify_with_cls_pooling_is_a_bert_sequence_classifier(classify_cls, t
     torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
 
 
+def test_classify_regression_is_a_bert_sequence_classifier_for_regression(tmp_path_factory, tmp_path, capsys):
+    """One output, problem_type "regression": transformers then trains it with MSE, as we do."""
+    ckpt = fit(tmp_path_factory, "classify", "--model.pooling", "cls", "--data.regression", "true",
+               "--data.labels", "null", "--model.metric", "spearman")
+    out = tmp_path / "hf"
+    assert "BertForSequenceClassification" in export_cli("classify", ckpt, out, capsys)
+    ours = ClassificationTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    assert (theirs.config.problem_type, theirs.config.num_labels) == ("regression", 1)
+    batch = transformers.AutoTokenizer.from_pretrained(str(out))(SST2, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = ours(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        b = theirs(**batch).logits
+    assert a.shape == (len(SST2), 1) and a.std() > 1e-4          # a score per sentence, not a constant
+    torch.testing.assert_close(b, a, atol=ATOL, rtol=0)
+
+
 def test_classify_with_mean_pooling_exports_the_encoder_and_its_head(classify_mean, tmp_path, capsys):
     out = tmp_path / "hf"
     line = export_cli("classify", classify_mean, out, capsys)

@@ -37,6 +37,21 @@ def test_attention_equals_formula():
             torch.testing.assert_close(out[b, h], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_causal_attention_with_padded_keys_equals_formula():
+    """Both a padding mask and is_causal: the fused kernels take one or the other, so the two are merged first."""
+    q, k, v = torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8), torch.randn(2, 3, 6, 8)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False                                             # second example: two padded keys
+    out = scaled_dot_product_attention(q, k, v, mask, is_causal=True)
+    for b in range(2):
+        for h in range(3):
+            for t in range(6):
+                keys = min(t + 1, 6 if b == 0 else 4)                    # itself and the past, never a pad
+                scores = q[b, h, t] @ k[b, h, :keys].T / math.sqrt(8)    # (keys,)
+                expected = torch.softmax(scores, dim=-1) @ v[b, h, :keys]
+                torch.testing.assert_close(out[b, h, t], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_attention_weights_are_returned_for_inspection():
     mha = MultiHeadAttention(16, 4).eval()
     mha.keep_weights = True
