@@ -346,3 +346,22 @@ def test_bad_input_squad_articles(entry, message):
     with pytest.raises(ConfigError, match=message) as error:
         read_corpus(corpus_files([{"path": str(SQUAD), **entry}]))
     one_line(error)
+
+
+def test_predict_line_longer_than_max_length_loses_the_end_of_its_longer_segment(vocab):
+    """`pretrain predict` input: [CLS] A [SEP] B [SEP] cut to max_length by dropping the last pieces of whichever
+    segment is longer, one piece at a time, and flagged as truncated."""
+    from data.pretrain import PretrainDataModule
+    dm = PretrainDataModule(max_length=12)
+    dm.tokenizer = vocab
+    a = "the king of france and the queen of spain met"
+    b = "they talked"
+    pieces = lambda text: vocab.encode(text, add_special_tokens=False).ids          # noqa: E731
+    keep_a = 12 - 3 - len(pieces(b))                        # what is left of A beside [CLS], two [SEP] and B
+    assert len(pieces(a)) > keep_a > len(pieces(b))          # A is cut, and stays the longer: B keeps every piece
+    row = dm._encode_line(f"{a}\t{b}")
+    special = special_ids(vocab)
+    assert row["input_ids"] == [special.cls, *pieces(a)[:keep_a], special.sep, *pieces(b), special.sep]
+    assert row["token_type_ids"] == [0] * (keep_a + 2) + [1] * (len(pieces(b)) + 1) and row["truncated"] == 1
+    short = dm._encode_line(b)
+    assert short["input_ids"] == [special.cls, *pieces(b), special.sep] and short["truncated"] == 0
