@@ -23,3 +23,13 @@ def check_fields(cls: type, fields, source: str, what: str) -> None:
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown {what} {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def check_overrides(pretrained: dict, overrides, source: str, tunable: tuple[str, ...] = ()) -> None:
+    """A one-line ConfigError naming the first field of `overrides` (model.config) that would change the pretrained
+    model `source` (its config fields: `pretrained`): only the `tunable` fields may differ."""
+    for key, value in sorted((overrides or {}).items()):
+        if key not in tunable and key in pretrained and value != pretrained[key]:
+            allowed = f"only {', '.join(tunable)} may change" if tunable else "its architecture stays"
+            raise ConfigError(f"model.config.{key} {value}: {source} has {pretrained[key]} ({allowed} with "
+                              f"model.pretrained; --model.config null drops the others)")

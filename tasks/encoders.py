@@ -2,6 +2,7 @@
 own checkpoints (every BERT task keeps it under `bert.*`), so one task can start from another's model."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from pathlib import Path
@@ -9,12 +10,14 @@ from typing import Optional
 
 from safetensors import SafetensorError
 
-from data.errors import ConfigError, check_fields
+from data.errors import ConfigError, check_fields, check_overrides
+from data.tokenization import load_tokenizer, tokenizer_from_str
 from modeling import BERT, BertConfig
-from modeling.hf import load_bert
+from modeling.hf import bert_config_from_hf, load_bert, read_config, resolve_checkpoint_dir
 from tasks.checkpoint import blueprint, read_checkpoint
 
 log = logging.getLogger(__name__)
+TUNABLE = ("dropout", "attention_dropout", "activation_checkpointing")   # what model.config may change in a pretrained BERT
 
 
 def bert_config(fields: dict, overrides: Optional[dict] = None, source: str = "model.config") -> BertConfig:
@@ -27,12 +30,16 @@ def bert_config(fields: dict, overrides: Optional[dict] = None, source: str = "m
 def load_encoder(pretrained: str, pooler: bool, overrides: Optional[dict] = None,
                  pretraining_heads: bool = False) -> tuple[BERT, Optional[str]]:
     """(BERT, the tokenizer stored with it or None). Encoder weights missing from a checkpoint are an error; a missing
-    pooler or missing pretraining heads are initialised and named in a warning. `overrides` replace config fields
-    that do not change the weights' shapes (dropout)."""
+    pooler or missing pretraining heads are initialised and named in a warning. `overrides` may change the TUNABLE
+    fields only: any other that differs from the pretrained model's is a one-line ConfigError."""
     if Path(pretrained).suffix != ".ckpt":
         bert_config({}, overrides)                      # names unknown fields before anything is read
         try:
+            fields = dataclasses.asdict(bert_config_from_hf(read_config(resolve_checkpoint_dir(pretrained))))
+            check_overrides(fields, overrides, pretrained, TUNABLE)
             return load_bert(pretrained, pooler=pooler, pretraining_heads=pretraining_heads, overrides=overrides), None
+        except ConfigError:
+            raise
         except (ValueError, KeyError, OSError, pickle.UnpicklingError, SafetensorError) as e:
             # another architecture, no weights, an unreadable or unsafe file
             raise ConfigError(f"{pretrained}: cannot load a BERT encoder: {str(e).splitlines()[0]}") from None
@@ -40,6 +47,7 @@ def load_encoder(pretrained: str, pooler: bool, overrides: Optional[dict] = None
     bp = blueprint(ckpt, pretrained)
     if bp.model_kind != "bert":
         raise ConfigError(f"{pretrained}: a {bp.task!r} checkpoint holds a {bp.model_kind}, not a BERT encoder")
+    check_overrides(bp.model_config, overrides, pretrained, TUNABLE)
     bert = BERT(bert_config(bp.model_config, overrides, pretrained), pooler=pooler, pretraining_heads=pretraining_heads)
     state = {k.removeprefix("bert."): v for k, v in ckpt["state_dict"].items() if k.startswith("bert.")}
     wanted = bert.state_dict()
@@ -62,6 +70,7 @@ def new_encoder(hp, data, pooler: bool, pretraining_heads: bool = False) -> BERT
     if hp.pretrained:
         bert, stored_tokenizer = load_encoder(hp.pretrained, pooler, hp.config, pretraining_heads)
         data.default_tokenizer(stored_tokenizer, hp.pretrained)
+        check_vocabulary(data.tokenizer, stored_tokenizer, hp.pretrained)
     elif hp.config:
         data.default_tokenizer(None, None)
         if data.tokenizer is None:
@@ -75,3 +84,15 @@ def new_encoder(hp, data, pooler: bool, pretraining_heads: bool = False) -> BERT
     if vocab > bert.config.vocab_size:
         raise ConfigError(f"the tokenizer has {vocab} tokens but the model's vocabulary has {bert.config.vocab_size}")
     return bert
+
+
+def check_vocabulary(tokenizer, stored: Optional[str], pretrained: str) -> None:
+    """The data's tokenizer must be the pretrained model's own (stored in our checkpoint, or in its directory) when it
+    has one: other token ids would index other rows of the embedding matrix, and train without an error."""
+    try:
+        own = tokenizer_from_str(stored) if stored else load_tokenizer(pretrained)
+    except (FileNotFoundError, ValueError, OSError):
+        return                                          # the pretrained model comes without a tokenizer
+    if tokenizer is not None and tokenizer.get_vocab() != own.get_vocab():
+        raise ConfigError(f"data.tokenizer: not the vocabulary of {pretrained} ({tokenizer.get_vocab_size()} tokens, "
+                          f"its own has {own.get_vocab_size()}); leave data.tokenizer unset (null) to use its own")

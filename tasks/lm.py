@@ -23,7 +23,7 @@ import torch
 from pytorch_lightning import Callback
 from torchmetrics import MeanMetric, SumMetric
 
-from data.errors import ConfigError, check_fields
+from data.errors import ConfigError, check_fields, check_overrides
 from data.lm_tokenizer import TextTokenizer
 from modeling import GPT, GPTConfig
 from modeling.generation import generate
@@ -140,6 +140,7 @@ class LMTask(Task):
                 model = load_gpt2(h.pretrained)
             except (ValueError, KeyError, OSError) as e:
                 raise ConfigError(f"{h.pretrained}: cannot load a GPT-2 model: {str(e).splitlines()[0]}") from None
+            check_overrides(dataclasses.asdict(model.config), h.config, h.pretrained)   # GPT-2's architecture stays
         else:
             check_fields(GPTConfig, h.config or {}, "model.config", "GPT setting")
             config = {"max_positions": data.block_size, **(h.config or {}), "vocab_size": tokenizer.vocab_size}

@@ -80,3 +80,23 @@ def test_dropout_override_reaches_every_dropout_and_keeps_the_weights(tmp_path, 
     assert _same_weights(bert, source, skip="-")
     with pytest.raises(ConfigError, match="unknown BERT setting 'dropuot'"):
         load_encoder(str(path), pooler=True, overrides={"dropuot": 0.0})
+
+
+def test_a_pretrained_encoder_keeps_its_architecture_and_its_vocabulary(tmp_path, capsys):
+    """The embedded ner default sets a tiny model.config and the fixture vocabulary: started from another task's
+    checkpoint, each would be silently wrong or a traceback (a 32-wide config over 128-wide weights; the fixture's
+    392 token ids indexing SST-2's embedding rows). Each is one line naming the setting, until both are dropped."""
+    import run
+    quiet = ["--trainer.max_steps", "2", "--wandb", "false", "--trainer.enable_progress_bar", "false"]
+    assert run.main(["classify", "fit", "--run_dir", str(tmp_path / "classify"), *quiet]) == 0
+    ckpt = str(tmp_path / "classify" / "checkpoints" / "last.ckpt")
+    ner = ["ner", "fit", "--model.pretrained", ckpt, "--run_dir", str(tmp_path / "ner"), *quiet]
+    capsys.readouterr()
+    assert run.main(ner) == 2
+    assert f"error: model.config.ffn_size 64: {ckpt} has 512 (only dropout, attention_dropout, " \
+           f"activation_checkpointing may change" in capsys.readouterr().err
+    assert run.main([*ner, "--model.config", "null"]) == 2
+    assert f"error: data.tokenizer: not the vocabulary of {ckpt} (392 tokens, its own has" in capsys.readouterr().err
+    assert run.main([*ner, "--model.config", "{dropout: 0.2}", "--data.tokenizer", "null"]) == 0
+    trained = torch.load(tmp_path / "ner" / "checkpoints" / "last.ckpt", weights_only=True)["task"]
+    assert trained["model_config"]["hidden_size"] == 128 and trained["model_config"]["dropout"] == 0.2

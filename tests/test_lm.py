@@ -231,3 +231,21 @@ def test_flush_denormal_lasts_the_run_and_no_longer(tmp_path, monkeypatch):
     assert run.main(["lm", "fit", "--ckpt_path", last, "--data.block_size", "128", "--run_dir", str(tmp_path / "b"),
                      *quiet]) == 2
     assert calls == [True, False] and not denormals_flushed()
+
+
+def test_fit_from_a_gpt2_directory_keeps_its_architecture(tmp_path, capsys):
+    """`lm fit --model.pretrained <GPT-2 directory>`: the embedded default's model.config (64 wide) would be ignored
+    silently; it is one line instead, and with --model.config null the run trains the directory's model."""
+    from modeling.hf import save_gpt2
+    torch.manual_seed(0)
+    save_gpt2(GPT(GPTConfig(vocab_size=128, max_positions=64, num_layers=1, num_heads=2, hidden_size=32)),
+              tmp_path / "gpt2")
+    fit = ["lm", "fit", "--model.pretrained", str(tmp_path / "gpt2"), "--trainer.max_steps", "2", "--wandb", "false",
+           "--run_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]
+    capsys.readouterr()
+    assert run.main(fit) == 2
+    assert f"error: model.config.hidden_size 64: {tmp_path / 'gpt2'} has 32 (its architecture stays" \
+           in capsys.readouterr().err
+    assert run.main([*fit, "--model.config", "null"]) == 0
+    config = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["task"]["model_config"]
+    assert (config["hidden_size"], config["num_layers"], config["vocab_size"]) == (32, 1, 128)
