@@ -381,8 +381,9 @@ def test_bad_input_table_file(case, tmp_path, capsys):
     name, content, reason = TABLE_CASES[case]
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
+    labels = ["--data.labels", '["0", "1"]'] if case == "unknown_label" else []      # else inferred from the file
     fails_in_one_line(capsys, fit("classify", tmp_path / "run", "--data.train_file", str(path), "--data.val_file",
-                                  str(path)), str(path), reason, run_dir=tmp_path / "run")
+                                  str(path), *labels), str(path), reason, run_dir=tmp_path / "run")
 
 
 def test_bad_input_quoted_csv_fields_are_read_whole(tmp_path):

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_bad_input_one_clear_error_and_no_checkpoint(tmp_path, capsys, case, con
     if content is not None:
         bad.write_text(content)
     run_dir = tmp_path / "run"
-    code = run.main(tiny_args(run_dir, train=bad))
+    code = run.main(tiny_args(run_dir, "--data.labels", '["0", "1"]', train=bad))    # a closed set: 7 is outside
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("run.py classify: error:")]
     assert code != 0
     assert len(err) == 1 and str(bad) in err[0] and message in err[0], err
@@ -219,3 +220,25 @@ def test_last_checkpoint_is_the_final_model_and_predict_reproduces_its_dev_accur
     predicted = [json.loads(line)["label"] for line in out.read_text().splitlines()]
     accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
     assert len(predicted) == len(gold) and accuracy == pytest.approx(fit["metrics"]["val/accuracy"], abs=1e-6)
+
+
+def test_own_data_as_the_readme_says_trains_and_predicts_from_the_checkpoint_alone(tmp_path):
+    """README "Your own data": other columns, star ratings as labels. The embedded default config fixes no label set,
+    so the classes are the training file's, and `predict` takes them from the checkpoint."""
+    rows = [("a great film", 5), ("dull and long", 1), ("fine", 4), ("not bad", 4), ("awful", 2), ("superb", 5)]
+    (tmp_path / "my.tsv").write_text("review\tstars\n" + "".join(f"{t}\t{s}\n" for t, s in rows))
+    (tmp_path / "todo.jsonl").write_text('{"review": "great"}\n{"review": "awful film"}\n')
+    run_dir = str(tmp_path / "run")
+    common = ["--data.tokenizer", TOKENIZER, "--model.config", TINY_BERT, "--wandb", "false", "--run_dir", run_dir,
+              "--trainer.enable_progress_bar", "false"]
+    assert run.main(["classify", "fit", "--data.train_file", str(tmp_path / "my.tsv"), "--data.val_file",
+                     str(tmp_path / "my.tsv"), "--data.text_column", "review", "--data.label_column", "stars",
+                     "--trainer.max_steps", "2", *common]) == 0
+    assert torch.load(Path(run_dir) / "checkpoints" / "last.ckpt", weights_only=True)["task"]["labels"] == \
+        ["1", "2", "4", "5"]
+    assert run.main(["classify", "predict", "--ckpt_path", "last", "--data.predict_file", str(tmp_path / "todo.jsonl"),
+                     "--data.text_column", "review", *common]) == 0
+    predictions = [json.loads(line) for line in (Path(run_dir) / "predictions.jsonl").read_text().splitlines()]
+    assert [p["review"] for p in predictions] == ["great", "awful film"]
+    assert all(p["label"] in ("1", "2", "4", "5") and set(p["probabilities"]) == {"1", "2", "4", "5"}
+               for p in predictions)
