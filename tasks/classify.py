@@ -66,7 +66,8 @@ class ClassificationTask(Task):
             raise ConfigError("model.pooling pair compares the two sentences of a pair: set data.text_pair_column")
         bert = new_encoder(hp, data, pooler=True)
         bp = Blueprint(self.name, "bert", dataclasses.asdict(bert.config), data.tokenizer_json(),
-                       None if regression else list(data.labels), {"regression": regression, "pooling": hp.pooling})
+                       None if regression else list(data.labels),
+                       {"regression": regression, "pooling": hp.pooling, "pairs": bool(data.text_pair_column)})
         self.build(bp, bert)
         return bp
 
@@ -88,6 +89,16 @@ class ClassificationTask(Task):
 
     def encoder(self) -> BERT:
         return self.bert
+
+    def check_data(self, data) -> None:
+        """A model trained on sentence pairs reads pairs, one trained on single sentences single sentences: scored on
+        the other kind it would give numbers for inputs it never saw."""
+        super().check_data(data)
+        pairs = self.blueprint.settings["pairs"]
+        if pairs != bool(data.text_pair_column):
+            raise ConfigError("the model was trained on sentence pairs: set data.text_pair_column (the second "
+                              "sentence's column)" if pairs else f"the model was trained on single sentences: remove "
+                              f"data.text_pair_column {data.text_pair_column}")
 
     # ---- model ------------------------------------------------------------------------------------------------
     def forward(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:

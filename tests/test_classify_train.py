@@ -242,3 +242,21 @@ def test_own_data_as_the_readme_says_trains_and_predicts_from_the_checkpoint_alo
     assert [p["review"] for p in predictions] == ["great", "awful film"]
     assert all(p["label"] in ("1", "2", "4", "5") and set(p["probabilities"]) == {"1", "2", "4", "5"}
                for p in predictions)
+
+
+def test_a_pair_model_refuses_single_sentences_and_a_single_sentence_model_pairs(tmp_path, capsys):
+    """Scoring a sentence-pair model on its first sentences alone (or the reverse) would print numbers for inputs
+    the model never saw: each is one line naming data.text_pair_column."""
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("a\tb\tlabel\n" + "".join(f"first {i}\tsecond {i}\t{i % 2}\n" for i in range(16)))
+    for name, extra in (("pair", ["--data.text_pair_column", "b"]), ("single", [])):
+        assert run.main(tiny_args(tmp_path / name, "--data.text_column", "a", *extra, "--trainer.max_steps", "1",
+                                  train=pairs, val=pairs)) == 0
+    for name, extra, message in (
+            ("pair", [], "the model was trained on sentence pairs: set data.text_pair_column"),
+            ("single", ["--data.text_pair_column", "b"], "trained on single sentences: remove data.text_pair_column b")):
+        capsys.readouterr()
+        assert run.main(["classify", "predict", "--ckpt_path", str(tmp_path / name / "checkpoints" / "last.ckpt"),
+                         "--data.predict_file", str(pairs), "--data.text_column", "a", *extra, "--wandb", "false",
+                         "--run_dir", str(tmp_path / f"{name}_predict")]) == 2
+        assert message in capsys.readouterr().err
