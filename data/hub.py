@@ -14,7 +14,7 @@ Formats (what each reader takes):
     conll  `token tag` lines, a blank line after each sentence; tags from `ner_tags` (a ClassLabel's names) or `tags`;
            a row that is just `-DOCSTART-` starts a document (ner)
     squad  SQuAD JSON: rows (id, title, context, question, answers) grouped into articles and paragraphs (qa)
-    text   the `text` column, one row per line (lm, pretrain)
+    text   the `text` column, one row per line (lm, pretrain), or a `tokens` column's words (ner predict)
 """
 from __future__ import annotations
 
@@ -46,20 +46,37 @@ def local_file(spec: str | Path, fmt: str) -> str | Path:
     if not is_hub(spec):
         return spec
     name, config, split = parse(spec)
+    dataset = _load(name, config, split, spec)
+    cache = Path(os.environ.get("NLP_HUB_CACHE", ".cache/hub"))
+    where = cache / name.strip("/").replace("/", "__") / (config or "-")
+    path = where / f"{split}-{dataset._fingerprint[:16]}{EXTENSIONS[fmt]}"
+    if not path.is_file():
+        text = "".join(WRITERS[fmt](dataset, spec))
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")      # several processes may write it at once
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, path)
+        except OSError as e:
+            raise DataError(f"{spec}: cannot write its local copy under {cache} ({e.strerror or e}); set NLP_HUB_CACHE "
+                            f"to a writable directory") from None
+    return path
+
+
+def _load(name: str, config: str | None, split: str, spec: str):
+    """The split, via `datasets`; a dataset directory here loads without progress bars (nothing to download)."""
+    import datasets
+    quiet = Path(name).is_dir() and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
     try:
-        import datasets
-        dataset = datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # noqa: BLE001 - offline, unknown name, config or split: one line saying which
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"{spec}: cannot load this dataset split ({type(e).__name__}: {reason})") from None
-    where = Path(os.environ.get("NLP_HUB_CACHE", ".cache/hub")) / name.strip("/").replace("/", "__") / (config or "-")
-    path = where / f"{split}-{dataset._fingerprint[:16]}{EXTENSIONS[fmt]}"
-    if not path.is_file():
-        where.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")      # several processes may write it at once
-        partial.write_text("".join(WRITERS[fmt](dataset, spec)), encoding="utf-8")
-        os.replace(partial, path)
-    return path
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
 
 
 def _column(dataset, candidates: tuple[str, ...], spec: str, what: str) -> str:
@@ -80,7 +97,9 @@ def _conll(dataset, spec: str) -> Iterable[str]:
     tags = _column(dataset, ("ner_tags", "tags"), spec, "tag")
     names = getattr(dataset.features[tags], "feature", None)
     names = getattr(names, "names", None)             # a ClassLabel's names: tags are stored as their numbers
-    for row in dataset:
+    for i, row in enumerate(dataset):
+        if row[words] is None or row[tags] is None or len(row[words]) != len(row[tags]):
+            raise DataError(f"{spec}, row {i}: {words} and {tags} must be lists of the same length")
         if row[words] == ["-DOCSTART-"]:
             yield "-DOCSTART- O\n\n"
             continue
@@ -90,28 +109,32 @@ def _conll(dataset, spec: str) -> Iterable[str]:
 
 
 def _squad(dataset, spec: str) -> Iterable[str]:
+    """Questions grouped by title into articles and by context into paragraphs, in order of first appearance (rows
+    need not be sorted: train_articles / eval_articles count whole articles)."""
     for column in ("id", "title", "context", "question", "answers"):
         _column(dataset, (column,), spec, "SQuAD")
-    articles: list[dict] = []
+    articles: dict[str, dict[str, list]] = {}              # title -> context -> questions
     for row in dataset:
-        if not articles or articles[-1]["title"] != row["title"]:
-            articles.append({"title": row["title"], "paragraphs": []})
-        paragraphs = articles[-1]["paragraphs"]
-        if not paragraphs or paragraphs[-1]["context"] != row["context"]:
-            paragraphs.append({"context": row["context"], "qas": []})
         answers = [{"text": t, "answer_start": s}
                    for t, s in zip(row["answers"]["text"], row["answers"]["answer_start"])]
         qa = {"id": row["id"], "question": row["question"], "answers": answers}
         if not answers:                               # SQuAD 2.0's unanswerable questions
             qa["is_impossible"] = True
-        paragraphs[-1]["qas"].append(qa)
-    yield json.dumps({"version": spec, "data": articles}, ensure_ascii=False)
+        articles.setdefault(row["title"], {}).setdefault(row["context"], []).append(qa)
+    data = [{"title": title, "paragraphs": [{"context": context, "qas": qas} for context, qas in paragraphs.items()]}
+            for title, paragraphs in articles.items()]
+    yield json.dumps({"version": spec, "data": data}, ensure_ascii=False)
 
 
 def _text(dataset, spec: str) -> Iterable[str]:
-    column = _column(dataset, ("text",), spec, "text")
-    for row in dataset:
+    """The `text` column, or the words of a `tokens` column (a CoNLL split to tag: `-DOCSTART-` is a blank line)."""
+    column = _column(dataset, ("text", "tokens"), spec, "text")
+    for i, row in enumerate(dataset):
         line = row[column]
+        if line is None:
+            raise DataError(f"{spec}, row {i}: no {column} (null)")
+        if not isinstance(line, str):
+            line = "" if line == ["-DOCSTART-"] else " ".join(line)
         yield line if line.endswith("\n") else line + "\n"      # wikitext's rows keep their newline; others do not
 
 

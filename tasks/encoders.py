@@ -17,7 +17,7 @@ from modeling.hf import bert_config_from_hf, load_bert, read_config, resolve_che
 from tasks.checkpoint import blueprint, read_checkpoint
 
 log = logging.getLogger(__name__)
-TUNABLE = ("dropout", "attention_dropout", "activation_checkpointing")   # what model.config may change in a pretrained BERT
+TUNABLE = ("dropout", "attention_dropout", "activation_checkpointing")   # what model.config may change in a pretrained
 
 
 def bert_config(fields: dict, overrides: Optional[dict] = None, source: str = "model.config") -> BertConfig:

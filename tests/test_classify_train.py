@@ -254,7 +254,8 @@ def test_a_pair_model_refuses_single_sentences_and_a_single_sentence_model_pairs
                                   train=pairs, val=pairs)) == 0
     for name, extra, message in (
             ("pair", [], "the model was trained on sentence pairs: set data.text_pair_column"),
-            ("single", ["--data.text_pair_column", "b"], "trained on single sentences: remove data.text_pair_column b")):
+            ("single", ["--data.text_pair_column", "b"],
+             "trained on single sentences: remove data.text_pair_column b")):
         capsys.readouterr()
         assert run.main(["classify", "predict", "--ckpt_path", str(tmp_path / name / "checkpoints" / "last.ckpt"),
                          "--data.predict_file", str(pairs), "--data.text_column", "a", *extra, "--wandb", "false",

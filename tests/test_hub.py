@@ -139,7 +139,7 @@ def test_missing_split_and_column_are_one_line_naming_the_spec(tmp_path):
     with pytest.raises(DataError) as missing_split:
         local_file(f"hub:{directory}:test", "text")
     assert str(missing_split.value).startswith(f"hub:{directory}:test: cannot load this dataset split")
-    with pytest.raises(DataError, match=r"no text column \(text; columns: body\)"):
+    with pytest.raises(DataError, match=r"no text column \(text or tokens; columns: body\)"):
         local_file(f"hub:{directory}:train", "text")
     assert "\n" not in str(missing_split.value)
 
@@ -214,3 +214,54 @@ def test_real_conll_and_squad_splits_read_as_their_files(tmp_path, shared_data):
     original = read_squad(squad)
     assert len(original) == 10_570
     assert read_squad(local_file(f"hub:{directory}:validation", "squad")) == original
+
+
+def test_squad_rows_in_any_order_give_whole_articles(tmp_path, fixtures):
+    """Rows of one article need not be adjacent: articles are whole, so train_articles / eval_articles split by
+    article and no evaluation question reaches training."""
+    path = fixtures / "squad_dev_sample.json"
+    rows = squad_as_hub(path)
+    order = sorted(range(len(rows["id"])), key=lambda i: (i % 3, i))          # interleave the articles
+    shuffled = {key: [values[i] for i in order] for key, values in rows.items()}
+    directory = write_splits(tmp_path / "squad", SQUAD_FEATURES, validation=shuffled)
+    written = json.loads(local_file(f"hub:{directory}:validation", "squad").read_text())
+    original = json.loads(path.read_text())
+    assert [a["title"] for a in written["data"]] == [a["title"] for a in original["data"]]
+    assert sorted(q.id for q in read_squad(local_file(f"hub:{directory}:validation", "squad"))) == \
+        sorted(q.id for q in read_squad(path))
+
+
+def test_null_values_and_an_unwritable_cache_are_one_line(tmp_path, monkeypatch):
+    directory = write_splits(tmp_path / "corpus", Features({"text": Value("string")}), train={"text": ["a", None]})
+    with pytest.raises(DataError, match=r":train, row 1: no text \(null\)$"):
+        local_file(f"hub:{directory}:train", "text")
+    directory = write_splits(tmp_path / "ok", Features({"text": Value("string")}), train={"text": ["a"]})
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("NLP_HUB_CACHE", str(tmp_path / "a_file"))
+    with pytest.raises(DataError, match=r"cannot write its local copy under .*a_file .*set NLP_HUB_CACHE"):
+        local_file(f"hub:{directory}:train", "text")
+
+
+def test_ner_predict_tags_the_words_of_a_conll_split(tmp_path, fixtures, no_wandb):
+    """ner's predict file is plain text: a split with `tokens` gives one sentence of words a line, a `-DOCSTART-`
+    row a blank line between documents; predictions come back one per sentence, its words as given."""
+    rows, names = conll_as_hub(fixtures / "conll_test.txt")
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=names))})
+    directory = write_splits(tmp_path / "conll2003", features, test=rows)
+    common = ["--run_dir", str(tmp_path / "run"), "--wandb", "false"]
+    assert run.main(["ner", "fit", "--trainer.max_steps", "1", *common]) == 0
+    assert run.main(["ner", "predict", "--ckpt_path", "last", "--data.predict_file", f"hub:{directory}:test",
+                     *common]) == 0
+    predicted = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    sentences = [words for words in rows["tokens"] if words != ["-DOCSTART-"]]
+    assert [p["text"] for p in predicted if p["text"]] == [" ".join(words) for words in sentences]
+
+
+def test_a_failed_load_of_a_dataset_directory_is_one_stderr_line(tmp_path, capsys, no_wandb):
+    """A dataset directory is read without `datasets` progress bars, so an error is the only stderr line."""
+    directory = write_splits(tmp_path / "reviews", Features({"review": Value("string")}), train={"review": ["good"]})
+    capsys.readouterr()
+    assert run.main(["classify", "fit", "--data.train_file", f"hub:{directory}:train", "--wandb", "false",
+                     "--run_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing or empty key 'sentence' (keys: review)" in err[0], err
