@@ -5,8 +5,9 @@ Regression: Pearson and Spearman correlation. `GLUE_METRIC` names each GLUE task
 """
 from __future__ import annotations
 
+import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import Accuracy, F1Score, MatthewsCorrCoef
+from torchmetrics.classification import Accuracy, BinaryMatthewsCorrCoef, F1Score, MatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
@@ -16,13 +17,25 @@ GLUE_METRIC = {"cola": "mcc", "sst2": "accuracy", "mrpc": "f1", "stsb": "spearma
                "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy", "wnli": "accuracy"}
 
 
+class BinaryMCC(BinaryMatthewsCorrCoef):
+    """Matthews correlation as scikit-learn computes it (GLUE's CoLA score): 0 where it is undefined, when all targets
+    or all predictions are one class. torchmetrics' binary version gives +1 or -1 there (e.g. -1 for an all-negative
+    split predicted all positive)."""
+
+    def compute(self) -> torch.Tensor:
+        (tn, fp), (fn, tp) = self.confmat.double()
+        if (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn) == 0:
+            return torch.zeros((), device=self.confmat.device)
+        return super().compute()
+
+
 def glue_metrics(num_labels: int, regression: bool = False) -> MetricCollection:
     """Metrics over predicted class ids (or scores, for regression) and targets."""
     if regression:
         return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()})
     if num_labels == 2:
         return MetricCollection({"accuracy": Accuracy(task="binary"), "f1": F1Score(task="binary"),
-                                 "mcc": MatthewsCorrCoef(task="binary")})
+                                 "mcc": BinaryMCC()})
     return MetricCollection({"accuracy": Accuracy(task="multiclass", num_classes=num_labels),
                              "f1": F1Score(task="multiclass", num_classes=num_labels, average="macro"),
                              "mcc": MatthewsCorrCoef(task="multiclass", num_classes=num_labels)})

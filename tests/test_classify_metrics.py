@@ -25,6 +25,14 @@ def test_binary_metrics_equal_sklearn():
     assert got["f1"] == pytest.approx(10 / 13)
 
 
+@pytest.mark.parametrize("target, preds", [([0, 0, 0, 0], [1, 1, 1, 1]), ([1, 1, 1, 1], [0, 0, 0, 0]),
+                                            ([0, 0, 0, 0], [0, 0, 0, 0]), ([1, 1, 0, 0], [1, 1, 1, 1]),
+                                            ([0, 1, 0, 1], [0, 0, 0, 0]), ([0, 1, 1, 0], [0, 1, 1, 0])])
+def test_binary_mcc_equals_sklearn_where_it_is_undefined(target, preds):
+    """All targets or all predictions in one class: scikit-learn (and so GLUE's scorer) says 0."""
+    assert compute(glue_metrics(2), preds, target)["mcc"] == pytest.approx(matthews_corrcoef(target, preds))
+
+
 def test_multiclass_metrics_equal_sklearn():
     target = [0, 1, 2, 2, 1, 0, 2, 1, 0, 2]
     preds = [0, 2, 2, 2, 1, 0, 1, 1, 1, 2]
