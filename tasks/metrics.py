@@ -5,6 +5,8 @@ Regression: Pearson and Spearman correlation. `GLUE_METRIC` names each GLUE task
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import Accuracy, BinaryMatthewsCorrCoef, F1Score, MatthewsCorrCoef
@@ -32,6 +34,8 @@ class BinaryMCC(BinaryMatthewsCorrCoef):
 def glue_metrics(num_labels: int, regression: bool = False) -> MetricCollection:
     """Metrics over predicted class ids (or scores, for regression) and targets."""
     if regression:
+        # Spearman ranks a whole split, so it keeps every score (what its warning says): a GLUE split is small
+        warnings.filterwarnings("ignore", message="Metric `SpearmanCorrcoef` will save all targets")
         return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()})
     if num_labels == 2:
         return MetricCollection({"accuracy": Accuracy(task="binary"), "f1": F1Score(task="binary"),
