@@ -311,10 +311,12 @@ class TaskCLI(LightningCLI):
         if trainer_cfg.get("logger", True) is not False:
             if cfg.get("wandb", True) and self.subcommand == "fit":
                 loggers += self._wandb_logger(run_dir)
-            # a resumed fit logs beside the first run's metrics.csv instead of overwriting it
+            # a resumed fit, or an evaluation in its fit's directory, logs beside the metrics.csv already there
+            # (in resume_N / validate_N / test_N) instead of overwriting it
             version = ""
-            if self.subcommand == "fit" and cfg.get("ckpt_path"):
-                version = next(f"resume_{i}" for i in range(1, 10_000) if not (run_dir / f"resume_{i}").exists())
+            if (self.subcommand == "fit" and cfg.get("ckpt_path")) or (run_dir / "metrics.csv").exists():
+                label = "resume" if self.subcommand == "fit" else self.subcommand
+                version = next(f"{label}_{i}" for i in range(1, 10_000) if not (run_dir / f"{label}_{i}").exists())
             loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=version))
             if not (run_dir / version / "metrics.csv").exists():    # the directory holds wandb's files, not a log
                 warnings.filterwarnings("ignore", message=f"Experiment logs directory {re.escape(str(run_dir))}")

@@ -300,3 +300,19 @@ def test_every_config_parses_and_names_files_that_exist(config, capsys):
             require_shared(*Path(path).parts[3:])
         else:
             assert (ROOT / path).exists(), f"{config}: {path} does not exist"
+
+
+def test_an_evaluation_in_its_fits_directory_keeps_the_fits_log_and_config(tmp_path):
+    """`test` / `validate --run_dir <the fit's directory>` log into test_N / validate_N: the fit's metrics.csv (its
+    curves) and config.yaml stay as the fit wrote them."""
+    run_dir = tmp_path / "run"
+    common = ["--run_dir", str(run_dir), "--wandb", "false", "--trainer.enable_progress_bar", "false"]
+    assert run.main(["classify", "fit", "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1", *common]) == 0
+    log, config = (run_dir / "metrics.csv").read_text(), (run_dir / "config.yaml").read_text()
+    for sub in ("test", "validate", "test"):
+        assert run.main(["classify", sub, "--ckpt_path", "last", *common]) == 0
+    assert (run_dir / "metrics.csv").read_text() == log and (run_dir / "config.yaml").read_text() == config
+    for version, key in (("test_1", "test/accuracy"), ("validate_1", "val/accuracy"), ("test_2", "test/accuracy")):
+        assert key in (run_dir / version / "metrics.csv").read_text().splitlines()[0]
+        evaluated = "ckpt_path: " + str(run_dir / "checkpoints" / "last.ckpt")
+        assert evaluated in (run_dir / version / "config.yaml").read_text()
