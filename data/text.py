@@ -18,7 +18,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -127,8 +127,9 @@ class RandomBlocks(IterableDataset):
 
     `num_batches=None` streams forever (training by steps) from one generator seeded once; `skip` batches are
     drawn and dropped at its start, so a resumed run continues the stream where the checkpoint left it. Otherwise
-    (evaluation) pass p yields `num_batches` batches from a generator seeded with (seed, p): successive
-    evaluations draw new batches, a rerun draws the same ones, and a resumed run (`passes` restored) too.
+    (evaluation) pass p yields `num_batches` batches from a generator seeded with (seed, p), or (seed, key()) when
+    `key` is set (lm validation: the step of the weights validated): successive evaluations draw new batches, and
+    the same key the same ones.
 
     One stream, shared: each of the W processes (DDP) and every DataLoader worker draws the same batches
     and keeps its own, process r the batches r, r + W, r + 2W, ... of the stream (so W processes train on what one
@@ -150,6 +151,7 @@ class RandomBlocks(IterableDataset):
         self.num_replicas, self.rank = world()                # this process's share of the stream
         self.rng = np.random.default_rng(seed)
         self.passes = 0
+        self.key: Callable[[], int] | None = None
         self._offsets = np.arange(block_size + 1)
 
     def __len__(self) -> int:
@@ -160,7 +162,7 @@ class RandomBlocks(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = self.rng
         if self.num_batches is not None:
-            rng = np.random.default_rng([self.seed, self.passes])
+            rng = np.random.default_rng([self.seed, self.key() if self.key is not None else self.passes])
             self.passes += 1
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -273,7 +275,7 @@ class TextDataModule(TaskDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.splits: dict[str, np.ndarray] = {}
         self._val_stream: RandomBlocks | None = None
-        self._val_passes = 0                     # restored from a checkpoint, before the stream exists
+        self._checkpoint_step = 0                # the step of a restored checkpoint's weights
 
     parse_tokenizer = staticmethod(TextTokenizer.from_str)
 
@@ -340,11 +342,11 @@ class TextDataModule(TaskDataModule):
     def val_dataloader(self) -> DataLoader:
         self.prepare_corpus()
         val = self.splits["val"]
-        if self.val_batches:      # each validation draws fresh batches, fixed by the seed and the pass number
+        if self.val_batches:      # each validation draws fresh batches, fixed by the seed and the step validated
             if self._val_stream is None:
                 self._val_stream = RandomBlocks(val, self.block_size, self.eval_batch_size, seed=self.seed + 1,
                                                 num_batches=self.val_batches)
-                self._val_stream.passes = self._val_passes
+                self._val_stream.key = self.validated_step
             # Lightning warns of any IterableDataset with a length that workers could duplicate it; RandomBlocks
             # gives each worker its own share of the stream
             warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
@@ -382,10 +384,16 @@ class TextDataModule(TaskDataModule):
                 for i, line in enumerate(lines)]
         return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
 
+    def validated_step(self) -> int:
+        """The optimizer step of the weights being validated, which picks the validation batches: a fit's validation
+        at step s, the same in a resumed fit, and `validate` of the checkpoint written at s score the same batches."""
+        trainer = self.trainer
+        return trainer.global_step if trainer is not None and trainer.state.fn == "fit" else self._checkpoint_step
+
     def state_dict(self) -> dict:
-        passes = self._val_stream.passes if self._val_stream is not None else self._val_passes
-        return {**super().state_dict(), "val_passes": passes}
+        state = super().state_dict()                       # empty outside fit
+        return {**state, "step": self.trainer.global_step} if state else state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._val_passes = state.get("val_passes", 0)
+        self._checkpoint_step = state.get("step", 0)

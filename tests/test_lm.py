@@ -249,3 +249,21 @@ def test_fit_from_a_gpt2_directory_keeps_its_architecture(tmp_path, capsys):
     assert run.main([*fit, "--model.config", "null"]) == 0
     config = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["task"]["model_config"]
     assert (config["hidden_size"], config["num_layers"], config["vocab_size"]) == (32, 1, 128)
+
+
+def test_validate_of_a_checkpoint_scores_the_batches_its_fit_scored(tmp_path):
+    """lm validation draws `val_batches` random batches, fixed by the step of the weights validated: `validate` of
+    the best checkpoint and of last.ckpt reproduce the fit's scores of their steps to the last digit. Before, the
+    batches followed a pass counter, which each checkpoint stored at another point: the best checkpoint was scored
+    on other batches than the ones that made it the best."""
+    run_dir = tmp_path / "run"
+    common = ["--run_dir", str(run_dir), "--wandb", "false", "--trainer.enable_progress_bar", "false"]
+    assert run.main(["lm", "fit", "--trainer.max_steps", "30", "--trainer.val_check_interval", "10", *common]) == 0
+    fit = json.loads((run_dir / "fit_metrics.json").read_text())
+    best = fit["best_checkpoint"]
+    best_score = torch.load(best, weights_only=True, map_location="cpu")["callbacks"]
+    best_score = next(v["best_model_score"] for k, v in best_score.items() if k.startswith("ModelCheckpoint"))
+    for ckpt, expected in ((best, float(best_score)), (fit["last_checkpoint"], fit["metrics"]["val/loss"])):
+        assert run.main(["lm", "validate", "--ckpt_path", ckpt, *common]) == 0
+        assert json.loads((run_dir / "validate_metrics.json").read_text())["metrics"]["val/loss"] == \
+            pytest.approx(expected, abs=1e-6), ckpt
