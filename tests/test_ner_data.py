@@ -153,3 +153,14 @@ def test_plain_text_tokenized_on_whitespace_and_punctuation(tmp_path):
 
 def test_casing_classes():
     assert [casing(w) for w in ["the", "Peter", "EU", "McDonald", "1996-08-22", ",", "A"]] == [1, 2, 3, 4, 5, 0, 2]
+
+
+def test_limit_train_keeps_the_first_sentences_of_the_training_file_only():
+    from data.conll import CoNLLDataModule
+    dm = CoNLLDataModule(tokenizer=str(FIXTURES / "conll_vocab.txt"), train_file=str(FIXTURES / "conll_train.txt"),
+                         val_file=str(FIXTURES / "conll_valid.txt"), limit_train=5)
+    dm.setup("fit")
+    _, windows = dm.examples("train")
+    assert sorted({s for w in windows for _, s, _ in w.targets}) == [0, 1, 2, 3, 4]
+    _, val_windows = dm.examples("val")
+    assert len({s for w in val_windows for _, s, _ in w.targets}) == len(dm.sentences["val"]) > 5   # eval: all
