@@ -668,10 +668,11 @@ class PretrainDataModule(TaskDataModule):
         if stage == "predict" and self._predict_lines is None:
             if not self.hparams.predict_file:
                 raise DataError("pretrain predict: give data.predict_file (text lines with [MASK] tokens)")
-            self._predict_lines = read_text(local_file(self.hparams.predict_file, "text")).splitlines()
+            path = local_file(self.hparams.predict_file, "text")
+            self._predict_lines = read_text(path).splitlines()
             for n, line in enumerate(self._predict_lines, 1):
                 if len(fields := line.split("\t")) > 2:
-                    raise DataError(f"{self.hparams.predict_file}, line {n}: {len(fields)} tab-separated fields; a "
+                    raise DataError(f"{path}, line {n}: {len(fields)} tab-separated fields; a "
                                     f"line is one text, or two (sentence A<TAB>sentence B)")
 
     def _split_corpus(self) -> None:

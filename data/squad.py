@@ -46,7 +46,7 @@ from data.base import TaskDataModule
 from data.batching import pad_collate
 from data.cache import cached_columns, content_key
 from data.errors import ConfigError, DataError
-from data.hub import is_hub, local_file
+from data.hub import local_file
 from data.readers import read_json_lines, read_text
 from data.tokenization import load_tokenizer
 
@@ -534,9 +534,10 @@ class SquadDataModule(TaskDataModule):
             if not h.predict_file:
                 raise DataError('qa predict: give data.predict_file (JSON lines {"question", "context"} or a SQuAD '
                                 '.json file)')
-            if Path(h.predict_file).suffix == ".json" or is_hub(h.predict_file):
-                return read_squad(h.predict_file, h.version_2, require_answers=False)
-            return read_qa_jsonl(h.predict_file)
+            path = local_file(h.predict_file, "squad")            # a hub split becomes a SQuAD .json file
+            if Path(path).suffix == ".json":
+                return read_squad(path, h.version_2, require_answers=False)
+            return read_qa_jsonl(path)
         path = {"train": h.train_file, "val": h.val_file, "test": h.test_file}[split]
         if path:
             return read_squad(path, h.version_2)

@@ -35,9 +35,10 @@ def load_encoder(pretrained: str, pooler: bool, overrides: Optional[dict] = None
     if Path(pretrained).suffix != ".ckpt":
         bert_config({}, overrides)                      # names unknown fields before anything is read
         try:
-            fields = dataclasses.asdict(bert_config_from_hf(read_config(resolve_checkpoint_dir(pretrained))))
-            check_overrides(fields, overrides, pretrained, TUNABLE)
-            return load_bert(pretrained, pooler=pooler, pretraining_heads=pretraining_heads, overrides=overrides), None
+            directory = resolve_checkpoint_dir(pretrained)          # a hub name is fetched once, here
+            check_overrides(dataclasses.asdict(bert_config_from_hf(read_config(directory))), overrides, pretrained,
+                            TUNABLE)
+            return load_bert(directory, pooler=pooler, pretraining_heads=pretraining_heads, overrides=overrides), None
         except ConfigError:
             raise
         except (ValueError, KeyError, OSError, pickle.UnpicklingError, SafetensorError) as e:
@@ -69,8 +70,9 @@ def new_encoder(hp, data, pooler: bool, pretraining_heads: bool = False) -> BERT
     the data's tokenizer); checked against the data's tokenizer and max_length."""
     if hp.pretrained:
         bert, stored_tokenizer = load_encoder(hp.pretrained, pooler, hp.config, pretraining_heads)
+        if data.tokenizer is not None:                  # configured: it must be the pretrained model's own
+            check_vocabulary(data.tokenizer, stored_tokenizer, hp.pretrained)
         data.default_tokenizer(stored_tokenizer, hp.pretrained)
-        check_vocabulary(data.tokenizer, stored_tokenizer, hp.pretrained)
     elif hp.config:
         data.default_tokenizer(None, None)
         if data.tokenizer is None:
@@ -93,6 +95,6 @@ def check_vocabulary(tokenizer, stored: Optional[str], pretrained: str) -> None:
         own = tokenizer_from_str(stored) if stored else load_tokenizer(pretrained)
     except (FileNotFoundError, ValueError, OSError):
         return                                          # the pretrained model comes without a tokenizer
-    if tokenizer is not None and tokenizer.get_vocab() != own.get_vocab():
+    if tokenizer.get_vocab() != own.get_vocab():
         raise ConfigError(f"data.tokenizer: not the vocabulary of {pretrained} ({tokenizer.get_vocab_size()} tokens, "
                           f"its own has {own.get_vocab_size()}); leave data.tokenizer unset (null) to use its own")
