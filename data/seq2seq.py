@@ -360,7 +360,8 @@ class Seq2SeqDataModule(TaskDataModule):
         hp, spec = self.hparams, self.files[split]
         if spec is None:
             raise DataError(f"no {split} data: set data.{split}_file")
-        spec = local_file(spec, "table")
+        if is_hub(spec):
+            spec = self._hub_split(spec, split)
         if split == "predict":
             return self._read_sources(spec)
         if isinstance(spec, (list, tuple)):
@@ -372,6 +373,21 @@ class Seq2SeqDataModule(TaskDataModule):
                                   f"data.source_column and data.target_column")
             return read_parallel(*spec)
         return read_pairs(spec, hp.source_column, hp.target_column, hp.references_column)
+
+    def _hub_split(self, spec: str, split: str) -> Path:
+        """The split's local copy, once its first row has every column the settings name: a hub dataset has its own
+        column names, and the copy's line 1 would name the cache file, not the setting to change."""
+        path = local_file(spec, "table")
+        hp = self.hparams
+        settings = {"source_column": hp.source_column}
+        if split != "predict":
+            settings["target_column"] = hp.target_column
+        first = next(read_json_lines(path), None)        # an empty split: the reader names the problem
+        for key, column in settings.items():
+            if first is not None and column not in first[1]:
+                raise ConfigError(f"data.{key} {column!r}: {spec} has no such column "
+                                  f"(columns: {', '.join(first[1])})")
+        return path
 
     def _read_sources(self, path: str) -> Pairs:
         """Sources to decode, without targets (`targets` empty strings, no references)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -14,7 +15,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value  # noqa: E40
 import run  # noqa: E402
 from data.classification import ClassificationDataModule  # noqa: E402
 from data.conll import label_set, read_conll  # noqa: E402
-from data.errors import DataError  # noqa: E402
+from data.errors import ConfigError, DataError  # noqa: E402
 from data.hub import local_file, parse  # noqa: E402
 from data.squad import read_squad  # noqa: E402
 from data.text import read_documents  # noqa: E402
@@ -171,6 +172,21 @@ def test_translate_reads_source_and_target_columns_of_a_split(tmp_path, fixtures
     dm.setup("fit")
     assert dm.pairs["train"].sources == en and dm.pairs["train"].targets == de
     assert dm.pairs["val"].targets == de[:5]
+
+
+def test_translate_split_without_the_configured_columns_names_the_setting(tmp_path, fixtures):
+    from data.seq2seq import Seq2SeqDataModule
+    features = Features({"en": Value("string"), "de": Value("string")})
+    directory = write_splits(tmp_path / "multi30k", features, train={"en": ["a dog"], "de": ["ein Hund"]})
+    for settings, bad in (({}, "data.source_column 'source'"), ({"source_column": "en"}, "data.target_column 'target'"),
+                          ({"source_column": "fr", "target_column": "de"}, "data.source_column 'fr'")):
+        dm = Seq2SeqDataModule(train_file=f"hub:{directory}:train", **settings)
+        with pytest.raises(ConfigError, match=f"^{bad}: hub:{re.escape(str(directory))}:train has no such column "
+                                              r"\(columns: en, de\)$"):
+            dm.setup("fit")
+    dm = Seq2SeqDataModule(predict_file=f"hub:{directory}:train", source_column="de", target_column="nowhere")
+    dm.setup("predict")                                   # predict reads the source column only
+    assert dm.pairs["predict"].sources == ["ein Hund"]
 
 
 def test_pretrain_corpus_from_a_wikitext_like_split_equals_the_file(tmp_path, fixtures):
