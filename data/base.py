@@ -62,10 +62,8 @@ class TaskDataModule(pl.LightningDataModule):
     def default_tokenizer(self, stored: Optional[str], pretrained: Optional[str]) -> None:
         """Without a configured tokenizer, a new run reads text as the model it starts from was trained to: with the
         tokenizer stored in our checkpoint (`stored`, its JSON), else the one in the `pretrained` directory."""
-        if self.tokenizer is None and stored:
-            self.tokenizer = self.parse_tokenizer(stored)
-        elif self.tokenizer is None and pretrained:
-            self.tokenizer = load_tokenizer(pretrained)
+        if self.tokenizer is None and (stored or pretrained):
+            self.tokenizer = self.parse_tokenizer(stored) if stored else load_tokenizer(pretrained)
 
     def adopt(self, blueprint) -> None:
         """Use a restored checkpoint's tokenizer and labels (called before `setup`)."""
@@ -117,13 +115,12 @@ class TaskDataModule(pl.LightningDataModule):
         """Make Lightning build the training loader anew at every epoch's start, and take its length then: `why`
         says what changes from epoch to epoch. Lightning reads the length once per loader and holds every epoch to
         it: an epoch with more batches would be cut short, one with fewer would skip its validation."""
-        trainer = self.trainer
-        if trainer is None:
+        if self.trainer is None:
             return
-        every = trainer.reload_dataloaders_every_n_epochs
+        every = self.trainer.reload_dataloaders_every_n_epochs
         if every not in (0, 1):
             raise ConfigError(f"trainer.reload_dataloaders_every_n_epochs {every}: {why}, so it must be 1")
-        trainer.reload_dataloaders_every_n_epochs = 1
+        self.trainer.reload_dataloaders_every_n_epochs = 1
 
     def loader_generator(self) -> torch.Generator:
         """A DataLoader's own generator. Every pass over a DataLoader draws its workers' base seed from it; from the
