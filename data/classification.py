@@ -123,13 +123,11 @@ class ClassificationDataModule(TaskDataModule):
     def setup(self, stage: str) -> None:
         """Reads and checks the files this stage needs (errors stop the run before any training)."""
         hp = self.hparams
-        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}[stage]
+        fit = ["train", "val"] if hp.val_file else ["train"]              # validation is optional in fit
+        splits = {"fit": fit, "validate": ["val"], "test": ["test"], "predict": ["predict"]}[stage]
         for split in splits:
-            if split in self._raw:
-                continue
-            if split == "val" and stage == "fit" and not hp.val_file:
-                continue
-            self._raw[split] = self._read(split)
+            if split not in self._raw:
+                self._raw[split] = self._read(split)
         if stage == "fit" and not self.regression and self.labels is None:
             distinct = set(self._raw["train"][hp.label_column])
             try:
@@ -139,9 +137,8 @@ class ClassificationDataModule(TaskDataModule):
             log.info("labels inferred from %s: %s", self._raw["train"]["_origin"], self.labels)
         if self.regression or self.labels is not None:  # else: labels come from the checkpoint
             for split in splits:
-                table = self._raw.get(split)
-                if table is not None and split != "predict" and "targets" not in table:
-                    table["targets"] = self._labels_to_targets(table)
+                if split != "predict" and "targets" not in self._raw[split]:
+                    self._raw[split]["targets"] = self._labels_to_targets(self._raw[split])
         if self.tokenizer is None and hp.tokenizer:
             self.tokenizer = load_tokenizer(hp.tokenizer)
 
@@ -182,13 +179,11 @@ class ClassificationDataModule(TaskDataModule):
     def _tokenize(self, table: dict) -> dict[str, list]:
         hp = self.hparams
         tok = self.tokenizer
+        texts = table[hp.text_column]
+        inputs = list(zip(texts, table[hp.text_pair_column])) if hp.text_pair_column else texts
         tok.enable_truncation(hp.max_length, strategy="longest_first")
         try:
-            texts = table[hp.text_column]
-            if hp.text_pair_column:
-                encodings = tok.encode_batch(list(zip(texts, table[hp.text_pair_column])))
-            else:
-                encodings = tok.encode_batch(texts)
+            encodings = tok.encode_batch(inputs)
         finally:
             tok.no_truncation()
         truncated = sum(1 for e in encodings if e.overflowing)
