@@ -95,8 +95,7 @@ def _table(dataset, spec: str) -> Iterable[str]:
 def _conll(dataset, spec: str) -> Iterable[str]:
     words = _column(dataset, ("tokens", "words"), spec, "token")
     tags = _column(dataset, ("ner_tags", "tags"), spec, "tag")
-    names = getattr(dataset.features[tags], "feature", None)
-    names = getattr(names, "names", None)             # a ClassLabel's names: tags are stored as their numbers
+    names = getattr(getattr(dataset.features[tags], "feature", None), "names", None)   # a ClassLabel: tags are numbers
     for i, row in enumerate(dataset):
         if row[words] is None or row[tags] is None or len(row[words]) != len(row[tags]):
             raise DataError(f"{spec}, row {i}: {words} and {tags} must be lists of the same length")

@@ -79,8 +79,7 @@ def _read_delimited(path: Path, text: str, columns: list[str], delimiter: str) -
         if missing:
             raise DataError(f"{path}: no column {missing[0]!r} in the header (columns: {', '.join(header)})")
         wanted = {c: header.index(c) for c in columns}
-        table: dict[str, list] = {c: [] for c in wanted}
-        table["_line"] = []
+        table: dict[str, list] = {c: [] for c in [*wanted, "_line"]}
         line = 1                                    # the last line read (a quoted field may span lines)
         try:
             for row in reader:
@@ -117,8 +116,7 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def _read_jsonl(path: Path, columns: list[str]) -> dict[str, list]:
-    table: dict[str, list] = {c: [] for c in columns}
-    table["_line"] = []
+    table: dict[str, list] = {c: [] for c in [*columns, "_line"]}
     for line, row in read_json_lines(path):
         for c in columns:
             if c not in row or row[c] is None or str(row[c]).strip() == "":

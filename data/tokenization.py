@@ -24,12 +24,10 @@ def load_wordpiece(path: str | Path, lowercase: bool = True) -> Tokenizer:
     """A WordPiece tokenizer from a directory holding `tokenizer.json` or `vocab.txt`, or from either file."""
     path = Path(path)
     if path.is_dir():
-        if (path / "tokenizer.json").exists():
-            path = path / "tokenizer.json"
-        elif (path / "vocab.txt").exists():
-            path = path / "vocab.txt"
-        else:
+        found = [path / name for name in ("tokenizer.json", "vocab.txt") if (path / name).exists()]
+        if not found:
             raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt in this directory")
+        path = found[0]                                 # tokenizer.json first
     if not path.exists():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     if path.suffix == ".json":
