@@ -106,8 +106,7 @@ class LengthGroupedSampler(Sampler[list[int]]):
         batches = self.global_batches()
         w = self.num_replicas
         if w > 1 and self.shuffle:           # training: the same number of batches on every process
-            per_rank = math.ceil(len(batches) / w)
-            batches = batches + batches[:per_rank * w - len(batches)]
+            batches = batches + batches[:math.ceil(len(batches) / w) * w - len(batches)]
         while w > 1 and len(batches) < w and max(map(len, batches)) > 1:   # evaluation: every process gets one
             largest = max(range(len(batches)), key=lambda i: len(batches[i]))
             b = batches.pop(largest)
@@ -129,8 +128,8 @@ class LengthGroupedSampler(Sampler[list[int]]):
         yield from batches
 
     def __len__(self) -> int:
-        """Batches this process sees in a full pass over the current epoch (a resumed epoch yields fewer). By token
-        budget the number changes from epoch to epoch, so the loader must be rebuilt (and measured) every epoch."""
+        """Batches this process sees in a full pass over the current epoch (a resumed epoch yields fewer; by token
+        budget each epoch has its own number: TaskDataModule.reload_every_epoch)."""
         return len(self.rank_batches())
 
 

@@ -61,8 +61,7 @@ def cached_text(path: Optional[Path], build: Callable[[], str], what: str) -> st
 
 def cached_columns(cache_dir: Optional[str | Path], key: str, build: Callable[[], dict[str, list]],
                    write: bool = True) -> dict[str, list]:
-    """The columns cached under `key`, or `build()`'s (stored when `write`: written beside the key, then renamed
-    into place). `cache_dir` None: no cache."""
+    """The columns cached under `key`, or `build()`'s, stored when `write` (see above); `cache_dir` None: no cache."""
     if cache_dir is None:
         return build()
     path = Path(cache_dir) / key
