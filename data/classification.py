@@ -98,9 +98,7 @@ class ClassificationDataModule(TaskDataModule):
         if not spec:
             raise DataError(f"no {split} data: set data.{split}_file (a file, or a dataset split hub:NAME:SPLIT)")
         path = local_file(spec, "table")
-        table = read_table(path, columns)
-        table["_origin"] = str(path)
-        return table
+        return {**read_table(path, columns), "_origin": str(path)}
 
     def _labels_to_targets(self, table: dict) -> list:
         """Class ids (or floats for regression); an unknown label is an error naming file and line."""
