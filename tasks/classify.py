@@ -161,7 +161,7 @@ class ClassificationTask(Task):
             else:
                 probs = logits[i].softmax(-1).tolist()
                 names = self.blueprint.labels
-                row["label"] = names[max(range(len(probs)), key=probs.__getitem__)]
+                row["label"] = names[probs.index(max(probs))]
                 row["probabilities"] = {name: round(p, 6) for name, p in zip(names, probs)}
             rows.append(row)
         return rows
