@@ -106,8 +106,7 @@ class TaskDataModule(pl.LightningDataModule):
         if train and max_tokens is not None:
             self.reload_every_epoch("with data.max_tokens each epoch has its own number of batches")
         if train and self._resume is not None:
-            sampler.skip_batches(*self._resume)
-            self._resume = None
+            sampler.skip_batches(*self.resume_position())
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0 and train, generator=self.loader_generator())
 
@@ -144,6 +143,6 @@ class TaskDataModule(pl.LightningDataModule):
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def resume_position(self) -> Optional[tuple[int, int]]:
-        """(epoch, batches done) of a restored checkpoint, once: for data modules with their own training stream."""
+        """(epoch, batches done) of a restored checkpoint, once: for `loader` or a module's own training stream."""
         position, self._resume = self._resume, None
         return position
