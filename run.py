@@ -89,8 +89,7 @@ class UsageError(Exception):
 def usage() -> str:
     lines = [__doc__.strip().splitlines()[0], "", "usage: python run.py <task> <subcommand> [options]", "",
              "tasks:"]
-    for name, spec in TASKS.items():
-        lines.append(f"  {name:<10} {spec.summary}")
+    lines += [f"  {name:<10} {spec.summary}" for name, spec in TASKS.items()]
     lines += ["", "subcommands: " + ", ".join(SUBCOMMANDS) + " (plus any verbs a task adds)",
               "help for one task: python run.py <task> --help;  for one subcommand: python run.py <task> fit --help"]
     return "\n".join(lines)
@@ -156,9 +155,8 @@ class JsonLinesWriter(BasePredictionWriter):
         self.file = self.path.open("w", encoding="utf-8")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        for item in prediction:
-            self.file.write(json.dumps(item, ensure_ascii=False) + "\n")
-            self.count += 1
+        self.file.writelines(json.dumps(item, ensure_ascii=False) + "\n" for item in prediction)
+        self.count += len(prediction)
 
     def on_predict_end(self, trainer, pl_module):
         self.file.close()
@@ -205,7 +203,7 @@ class TaskCLI(LightningCLI):
                 save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
         except user_error_types():
             # a run that stopped on a user error leaves nothing behind: the run directory it created goes
-            if self.created_run_dir and self.run_dir is not None and self.run_dir.exists():
+            if self.created_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
 
@@ -562,8 +560,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def wandb_run():
     """The wandb run in progress in this process, if wandb is loaded and one is."""
-    wandb = sys.modules.get("wandb")
-    return getattr(wandb, "run", None)
+    return getattr(sys.modules.get("wandb"), "run", None)
 
 
 def lightning_notes_to_stdout() -> None:
