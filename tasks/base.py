@@ -177,7 +177,7 @@ class Task(pl.LightningModule):
         """Build the network of `checkpoint` (read by tasks.checkpoint.read_checkpoint); run.py calls this before
         the trainer starts, `load_from_checkpoint` through `on_load_checkpoint`."""
         bp = blueprint(checkpoint, source, task=self.name)
-        if self.blueprint is None or self.blueprint != bp:
+        if self.blueprint != bp:
             self.build(bp)
             self.blueprint = bp
         return bp
@@ -212,7 +212,10 @@ class Task(pl.LightningModule):
             raise ConfigError(f"model.head_lr {hp.head_lr}: every parameter of the {self.name} model is in its "
                               f"encoder, heads included (they learn at model.lr); remove model.head_lr")
         groups = task_param_groups(self, hp.lr, hp.weight_decay, encoder, hp.layer_decay, hp.head_lr)
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=self._fused())
+        fused = hp.fused
+        if fused is None:       # on CPU and CUDA, except under fp16 (Lightning's loss scaler cannot unscale into it)
+            fused = self.device.type in ("cpu", "cuda") and "16-mixed" != str(self.trainer.precision)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=fused)
         total = hp.decay_steps or int(self.trainer.estimated_stepping_batches)
         if total <= 0 or total == float("inf"):
             raise ConfigError(f"{self.name}: training length unknown: set trainer.max_steps or model.decay_steps")
@@ -220,26 +223,20 @@ class Task(pl.LightningModule):
         scheduler = warmup_schedule(optimizer, warmup, total, hp.schedule, hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _fused(self) -> bool:
-        """Fused AdamW on CPU and CUDA, except under fp16 (Lightning's loss scaler cannot unscale into it)."""
-        if self.hparams.fused is not None:
-            return self.hparams.fused
-        return self.device.type in ("cpu", "cuda") and "16-mixed" != str(self.trainer.precision)
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning refuses to clip a fused optimizer's gradients under any mixed precision, because fp16's loss
         scaler would have to unscale them first. bf16 has no scaler: clip directly. Under FSDP each process holds
         a shard of the gradients: the root FSDP module's `clip_grad_norm_` takes the norm over all shards (Lightning's
         FSDP precision plugin refuses norm clipping). DeepSpeed clips inside its engine."""
         strategy = type(self.trainer.strategy).__name__
-        if gradient_clip_val and strategy == "FSDPStrategy" and gradient_clip_algorithm in (None, "norm"):
+        by_norm = gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+        if by_norm and strategy == "FSDPStrategy":
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
-            return
-        if gradient_clip_val and str(self.trainer.precision) == "bf16-mixed" and \
-                gradient_clip_algorithm in (None, "norm") and strategy in ("SingleDeviceStrategy", "DDPStrategy"):
+        elif by_norm and str(self.trainer.precision) == "bf16-mixed" and \
+                strategy in ("SingleDeviceStrategy", "DDPStrategy"):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def log_table(self, key: str, columns: list[str], rows: list[list]) -> None:
         """A table of sample predictions (input, prediction, gold) to wandb when a wandb logger is attached (from
