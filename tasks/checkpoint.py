@@ -9,12 +9,8 @@ Reading. `read_checkpoint` is the only place a `.ckpt` is opened (`weights_only=
 refused). Every problem is one `CheckpointError` line naming the file: missing, truncated or not a checkpoint,
 unsafe, written by another task (named), or by an unknown format.
 
-Saving. `LastCheckpoint` writes `last.ckpt` every `every_n_steps` optimizer steps, after every validation, at
-the end of fit, and when Ctrl-C or SIGTERM (a scheduler's pre-emption) stops a run (at the next step boundary, so
-the file is consistent). `AtomicCheckpointIO` writes every checkpoint to a hidden temporary file beside it and
-renames it into place, so a kill never leaves a half-written checkpoint under a `.ckpt` name. (Lightning's own
-fsspec transaction writes to the system's temporary directory and *moves* the file, which is a copy straight into
-the `.ckpt` when that directory is on another file system, as /tmp and a cluster's shared disk are.)
+Saving. `LastCheckpoint` keeps `last.ckpt` the newest state, also when Ctrl-C or SIGTERM stops a run;
+`AtomicCheckpointIO` writes every checkpoint so that a kill never leaves a half-written one under a `.ckpt` name;
 `latest_checkpoint` finds the newest checkpoint of a run, whatever its name.
 """
 from __future__ import annotations
@@ -57,9 +53,8 @@ class Blueprint:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "checkpoint") -> "Blueprint":
-        names = {f.name for f in dataclasses.fields(cls)}
         missing = {"task", "model_kind", "model_config"} - set(d)
-        if missing or not set(d) <= names:
+        if missing or not set(d) <= {f.name for f in dataclasses.fields(cls)}:
             raise CheckpointError(f"{source}: malformed task entry (keys {sorted(d)})")
         return cls(**d)
 
@@ -119,7 +114,9 @@ def latest_checkpoint(*run_dirs: str | Path) -> Optional[Path]:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to `.<name>.tmp` in its own directory, flushed to disk, then renames it to `<name>`: the
-    `.ckpt` is the previous complete file or the new complete file, never a part of one."""
+    `.ckpt` is the previous complete file or the new complete file, never a part of one. (Lightning's own fsspec
+    transaction writes to the system's temporary directory and *moves* the file, which is a copy straight into the
+    `.ckpt` when that directory is on another file system, as /tmp and a cluster's shared disk are.)"""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         path = Path(path)
@@ -221,9 +218,8 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
 
     @staticmethod
     def _last_batch_of_fit(trainer) -> bool:
-        """The last batch of the last epoch (max_epochs): the run ends here, and the state after it is the one to
-        keep. on_train_end's counts this epoch twice, and a run resumed from it to train longer (a larger max_epochs)
-        would start one epoch late, or not at all."""
+        """The last batch of the last epoch (max_epochs). on_train_end's state counts this epoch twice: resumed with
+        a larger max_epochs, it would start one epoch late, or not at all."""
         max_epochs = trainer.max_epochs
         return (max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
                 and trainer.is_last_batch)

@@ -66,12 +66,9 @@ def task_param_groups(model: nn.Module, lr: float, weight_decay: float, encoder:
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str = "linear",
                   min_ratio: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at optimizer step `step` (0-based).
-
-    Linear warm-up from 0 over `warmup_steps`, then `linear` decay to `min_ratio` at `total_steps`, `cosine` decay
-    to `min_ratio`, `constant`, or `inverse_sqrt`: √(warmup / step), the paper's d_model^-0.5 · step^-0.5 scaled so
-    that the peak, reached at the end of warm-up, is the configured learning rate.
-    """
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based), as the module docstring describes:
+    `linear` and `cosine` reach `min_ratio` at `total_steps`; `inverse_sqrt` is √(warmup / step), the paper's
+    d_model^-0.5 · step^-0.5 scaled so that the peak (at the end of warm-up) is the configured learning rate."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
     if schedule == "constant":
