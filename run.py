@@ -37,6 +37,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
+from jsonargparse import ArgumentError  # noqa: E402
+from lightning_fabric.plugins import CheckpointIO  # noqa: E402
 from pytorch_lightning.accelerators import CPUAccelerator  # noqa: E402
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback, LearningRateMonitor, ModelCheckpoint  # noqa: E402
 from pytorch_lightning.cli import LightningCLI  # noqa: E402
@@ -44,6 +47,10 @@ from pytorch_lightning.loggers import CSVLogger  # noqa: E402
 from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn  # noqa: E402
 from pytorch_lightning.utilities.exceptions import SIGTERMException  # noqa: E402
+
+from data.errors import ConfigError, DataError  # noqa: E402
+from tasks.base import TrainingDiverged  # noqa: E402
+from tasks.checkpoint import AtomicCheckpointIO, LastCheckpoint, latest_checkpoint, read_checkpoint  # noqa: E402
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of old jsonargparse APIs
@@ -84,6 +91,12 @@ COMMON_VERBS = {"export": "tasks.export:main", "attention": "tasks.attention:mai
 
 class UsageError(Exception):
     """A bad command line: reported as one line, exit code 2."""
+
+
+# Errors that are the user's to fix, each reported as one line with exit code 2: a bad setting or data file
+# (data.errors), a bad checkpoint (tasks.checkpoint.CheckpointError is a ConfigError), a missing path, a bad command
+# line (jsonargparse).
+USER_ERRORS = (UsageError, ConfigError, DataError, FileNotFoundError, ArgumentError)
 
 
 def usage() -> str:
@@ -201,7 +214,7 @@ class TaskCLI(LightningCLI):
                 parser_kwargs={"exit_on_error": False, **{s: sub_kwargs for s in self.parsed_subcommands}},
                 trainer_defaults={"use_distributed_sampler": False},   # every loader shards itself (data/batching.py)
                 save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
-        except user_error_types():
+        except USER_ERRORS:
             # a run that stopped on a user error leaves nothing behind: the run directory it created goes
             if self.created_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -229,7 +242,6 @@ class TaskCLI(LightningCLI):
         for validate / test / predict, of this config's fit runs), read the checkpoint once, safely, refusing another
         task's, and take its model settings as LightningCLI does: a `--model.X` on the command line that says otherwise
         is refused, not silently overridden (the decoding settings, which a checkpoint does not keep, excepted)."""
-        from tasks.checkpoint import latest_checkpoint, read_checkpoint
         sub = self.config.get("subcommand")
         if sub is None:
             return
@@ -259,7 +271,6 @@ class TaskCLI(LightningCLI):
                 raise UsageError(f"--model.{key} {given}: {cfg['ckpt_path']} was trained with {trained!r}, and a run "
                                  f"from a checkpoint keeps the model settings it was trained with")
         if hparams:
-            from jsonargparse import ArgumentError
             try:
                 self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
             except ArgumentError as e:        # written by another version of the task
@@ -267,7 +278,6 @@ class TaskCLI(LightningCLI):
                     from None
 
     def _resolve_run_dir(self, sub: str, cfg) -> Path:
-        from tasks.checkpoint import latest_checkpoint
         if os.environ.get(RUN_DIR_ENV):
             return Path(os.environ[RUN_DIR_ENV])
         if cfg.get("run_dir"):
@@ -299,7 +309,6 @@ class TaskCLI(LightningCLI):
 
     # ---- loggers and callbacks every task gets ------------------------------------------------------------
     def instantiate_trainer(self, **kwargs):
-        from tasks.checkpoint import LastCheckpoint
         cfg = self.config[self.subcommand]
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         run_dir = self.run_dir
@@ -333,8 +342,7 @@ class TaskCLI(LightningCLI):
             self.last_checkpoint = LastCheckpoint(run_dir / "checkpoints", cfg.get("checkpoint_every_n_steps"))
             callbacks.append(self.last_checkpoint)
         if self.subcommand == "predict":
-            out = Path(cfg.get("predict_output") or run_dir / "predictions.jsonl")
-            self.prediction_writer = JsonLinesWriter(out)
+            self.prediction_writer = JsonLinesWriter(Path(cfg.get("predict_output") or run_dir / "predictions.jsonl"))
             callbacks.append(self.prediction_writer)
         kwargs.setdefault("default_root_dir", str(run_dir))
         kwargs.setdefault("logger", loggers or False)
@@ -349,9 +357,6 @@ class TaskCLI(LightningCLI):
     def _checkpoint_io(plugins) -> list:
         """The configured plugins, plus checkpoints written atomically (tasks/checkpoint.AtomicCheckpointIO) unless
         the configuration brings its own CheckpointIO."""
-        from lightning_fabric.plugins import CheckpointIO
-
-        from tasks.checkpoint import AtomicCheckpointIO
         plugins = list(plugins or []) if isinstance(plugins, (list, tuple)) or plugins is None else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
@@ -385,12 +390,6 @@ class TaskCLI(LightningCLI):
     def interrupted(self) -> bool:
         return self.last_checkpoint is not None and self.last_checkpoint.interrupted
 
-    @property
-    def stale_validation(self) -> bool:
-        """The fit has val/ metrics, measured before its final step."""
-        step = self.validation_step.step
-        return step is not None and step != self.trainer.global_step
-
     @functools.cached_property
     def final_step(self) -> int:
         """The run's last optimizer step, read once it has ended. Under ddp_fork / ddp_spawn the processes that
@@ -419,9 +418,10 @@ class TaskCLI(LightningCLI):
         last_batch = {k: v for k, v in shown.items() if k.startswith("train/")}
         if last_batch:
             lines.append("last training batch: " + json.dumps(last_batch, sort_keys=True))
-        if self.stale_validation:
+        validated = self.validation_step.step
+        if validated is not None and validated != self.trainer.global_step:     # val/ metrics of earlier weights
             last = self.last_checkpoint.path if self.last_checkpoint is not None else "<checkpoint>"
-            lines.append(f"the val/ metrics are of step {self.validation_step.step}, not of the final step "
+            lines.append(f"the val/ metrics are of step {validated}, not of the final step "
                          f"{self.trainer.global_step}: `run.py {self.task} validate --ckpt_path {last}` scores the "
                          "final weights")
         rank_zero_info("\n".join(lines))
@@ -467,7 +467,6 @@ def config_paths(args: list[str]) -> list[str]:
 def check_config_files(args: list[str]) -> None:
     """Every `--config FILE` exists and is YAML; else one UsageError line naming the file and line (jsonargparse
     would name neither)."""
-    import yaml
     for path in map(Path, config_paths(args)):
         if not path.is_file():
             raise UsageError(f"--config {path}: " + ("file not found" if not path.exists() else "not a file"))
@@ -483,7 +482,6 @@ def check_config_files(args: list[str]) -> None:
 
 def in_which_config(error: Exception, args: list[str]) -> str:
     """jsonargparse's "... does not accept option 'a.b'", prefixed with the --config file that sets a.b, if one does."""
-    import yaml
     unknown = re.search(r"does not accept option '([^']+)'", str(error))
     if unknown is None:
         return str(error)
@@ -494,16 +492,6 @@ def in_which_config(error: Exception, args: list[str]) -> str:
         if node is not None:
             return f"{path}: unknown key {unknown.group(1)} ({error})"
     return str(error)
-
-
-def user_error_types() -> tuple[type, ...]:
-    """Errors that are the user's to fix, each reported as one line with exit code 2: a bad setting or data file
-    (data.errors), a bad checkpoint (tasks.checkpoint.CheckpointError is a ConfigError), a missing path, a bad
-    command line (jsonargparse)."""
-    from jsonargparse import ArgumentError
-
-    from data.errors import ConfigError, DataError
-    return UsageError, ConfigError, DataError, FileNotFoundError, ArgumentError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,19 +526,16 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
             cli = TaskCLI(task, rest)
         return EXIT_INTERRUPTED if cli.interrupted else 0
-    except user_error_types() as e:
+    except USER_ERRORS as e:
         print(f"run.py {task}: error: {one_line(in_which_config(e, rest))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SIGTERMException:
         print(f"run.py {task}: stopped by SIGTERM; last.ckpt holds the last step: resume with --ckpt_path last",
               file=sys.stderr)
         return EXIT_TERMINATED
-    except Exception as e:  # noqa: BLE001
-        from tasks.base import TrainingDiverged
-        if isinstance(e, TrainingDiverged):
-            print(f"run.py {task}: error: {one_line(e)}", file=sys.stderr)
-            return EXIT_DIVERGED
-        raise
+    except TrainingDiverged as e:
+        print(f"run.py {task}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
     finally:
         if launched_here:
             os.environ.pop(RUN_DIR_ENV, None)
