@@ -150,7 +150,6 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         self.path = Path(dirpath).absolute() / self.FILENAME    # absolute, as ModelCheckpoint names the best one
         self.every_n_steps = every_n_steps
         self.interrupted = False                   # stopped by SIGINT (Ctrl-C)
-        self.terminated = False                    # stopped by SIGTERM
         self._previous_handler: Any = None
         self._saved_step = -1
         self._saved_best: dict[str, set] = {}       # the best checkpoints each ModelCheckpoint kept at the last save
@@ -205,10 +204,9 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
         if interrupted:
             self.interrupted = True
             trainer.should_stop = True
-        self.terminated = trainer.received_sigterm      # Lightning raises SIGTERMException after this hook
         step = trainer.global_step
         stopping = trainer.should_stop or 0 < trainer.max_steps <= step or self._last_batch_of_fit(trainer)
-        if stopping or self.terminated:
+        if stopping or trainer.received_sigterm:    # SIGTERM: Lightning raises SIGTERMException after this hook
             # the state at the stop: on_train_end's would count an unfinished epoch as done, and one that ended at
             # this batch twice (a resume would skip an epoch); SIGTERM: on_train_end never comes
             self.save(trainer)
