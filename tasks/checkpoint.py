@@ -1,9 +1,8 @@
 """One checkpoint layout, one reader, and the `last.ckpt` that always holds the newest state.
 
 Layout. Besides Lightning's own entries (state_dict, optimizer and loop states, hyper_parameters), every
-checkpoint a task writes carries `checkpoint["task"]`, a `Blueprint`: the task's name, a format version, the
-model's kind and config, the tokenizer (serialised), the label names and the task's shape settings. With it,
-`predict`, `test`, resuming, exporting and starting another task from the encoder need nothing but the file.
+checkpoint a task writes carries `checkpoint["task"]`, a `Blueprint` (below): with it, `predict`, `test`, resuming,
+exporting and starting another task from the encoder need nothing but the file.
 
 Reading. `read_checkpoint` is the only place a `.ckpt` is opened (`weights_only=True`: a pickle that runs code is
 refused). Every problem is one `CheckpointError` line naming the file: missing, truncated or not a checkpoint,
