@@ -230,53 +230,45 @@ def build_windows(tokenizer: Tokenizer, sentences: list[Sentence], label2id: dic
 
     windows = []
     for group in groups:
-        # the group's sub-token stream: (token id, label id or IGNORE, casing, (sentence, word) or None)
-        stream: list[tuple[int, int, int, tuple[int, int] | None]] = []
+        # the group's sub-token stream, one entry per sub-token: token id, label id (or IGNORE), casing class,
+        # and (sentence, word) on a word's first sub-token (None on the others)
+        ids, labels, cases, words = [], [], [], []
         for si in group:
             s = sentences[si]
             for wi, (word, pieces) in enumerate(zip(s.words, word_pieces(tokenizer, s.words))):
-                tag, case = s.tags[wi], casing(word)
+                tag = s.tags[wi]
                 first = label2id[tag] if label2id is not None else IGNORE
                 inner = IGNORE
                 if label2id is not None and label_all_subtokens:
                     inner = label2id.get("I-" + tag[2:], first) if tag.startswith("B-") else first
-                for k, piece in enumerate(pieces):
-                    stream.append((piece, first, case, (si, wi)) if k == 0 else (piece, inner, case, None))
+                ids += pieces
+                labels += [first] + [inner] * (len(pieces) - 1)
+                cases += [casing(word)] * len(pieces)
+                words += [(si, wi)] + [None] * (len(pieces) - 1)
+        n = len(ids)
         # document: starts every `stride` sub-tokens up to the first window that reaches the end of the stream
-        starts = [0] if context == "sentence" else list(range(0, max(1, len(stream) - room + stride), stride))
-        # each word goes to the window where its first sub-token is farthest from an edge
-        owner: dict[int, int] = {}
-        for pos, item in enumerate(stream):
-            if item[3] is None:
+        starts = [0] if context == "sentence" else list(range(0, max(1, n - room + stride), stride))
+
+        def margin(start: int, pos: int) -> int:
+            """Sub-tokens from `pos` to the nearer edge of the window at `start` (an end of the stream is no edge)."""
+            end = min(start + room, n)
+            return min(pos - start if start > 0 else room, end - 1 - pos if end < n else room)
+
+        # owner[pos]: the one window that labels and predicts the word of sub-token `pos` (None: cut off), the
+        # window where the word's first sub-token is farthest from an edge
+        owner: list[int | None] = []
+        for pos, word in enumerate(words):
+            if word is None:            # a later sub-token directly follows its word's earlier ones
+                owner.append(owner[-1])
                 continue
-            best, best_margin = None, -1
-            for w, start in enumerate(starts):
-                if start <= pos < start + room:
-                    end = min(start + room, len(stream))
-                    margin = min(pos - start if start > 0 else room, end - 1 - pos if end < len(stream) else room)
-                    if margin > best_margin:
-                        best, best_margin = w, margin
-            if best is not None:
-                owner[pos] = best
+            inside = [w for w, start in enumerate(starts) if start <= pos < start + room]
+            owner.append(max(inside, key=lambda w: margin(starts[w], pos), default=None))
         for w, start in enumerate(starts):
-            chunk = stream[start:start + room]
-            ids, labels, cases, targets = [cls], [IGNORE], [0], []
-            for offset, (piece, label, case, word) in enumerate(chunk):
-                pos = start + offset
-                mine = word is not None and owner.get(pos) == w
-                ids.append(piece)
-                cases.append(case)
-                if word is None:       # later sub-token: labelled only if its word's first piece is ours
-                    first = next(p for p in range(pos, -1, -1) if stream[p][3] is not None)
-                    labels.append(label if owner.get(first) == w else IGNORE)
-                else:
-                    labels.append(label if mine else IGNORE)
-                if mine:
-                    targets.append((offset + 1, word[0], word[1]))
-            ids.append(sep)
-            labels.append(IGNORE)
-            cases.append(0)
-            windows.append(Window(ids, labels, cases, targets, len(windows)))
+            chunk = range(start, min(start + room, n))
+            window_labels = [labels[pos] if owner[pos] == w else IGNORE for pos in chunk]
+            targets = [(pos - start + 1, *words[pos]) for pos in chunk if owner[pos] == w and words[pos] is not None]
+            windows.append(Window([cls] + ids[start:start + room] + [sep], [IGNORE] + window_labels + [IGNORE],
+                                  [0] + cases[start:start + room] + [0], targets, len(windows)))
     return windows
 
 
