@@ -91,13 +91,10 @@ def read_conll(path: str | Path, *, iob1: bool = False, strict_bio: bool = False
 
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        if line.startswith("-DOCSTART-"):
+        if not line or line.startswith("-DOCSTART-"):
             close()
-            if sentences and sentences[-1].doc == doc:
+            if line and sentences and sentences[-1].doc == doc:
                 doc += 1
-            continue
-        if not line:
-            close()
             continue
         cols = line.split()
         if columns is None:
@@ -344,25 +341,23 @@ class CoNLLDataModule(TaskDataModule):
         h = self.hparams
         if self.tokenizer is None and h.tokenizer:
             self.tokenizer = load_tokenizer(h.tokenizer)
-        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}[stage]
-        if "train" in splits:
+        if stage == "predict":
+            if not h.predict_file:
+                raise DataError("ner predict: give data.predict_file (plain text, one sentence per line)")
+            self.sentences["predict"] = read_plain_text(local_file(h.predict_file, "text"))
+            return
+        if stage == "fit":
             if not h.train_file:
                 raise DataError("ner: data.train_file is required to train")
             self.sentences["train"] = self._read(h.train_file)
             if self.labels is None:
                 self.labels = label_set(self.sentences["train"])
-        for split in splits:
-            if split == "predict":
-                if not h.predict_file:
-                    raise DataError("ner predict: give data.predict_file (plain text, one sentence per line)")
-                self.sentences["predict"] = read_plain_text(local_file(h.predict_file, "text"))
-            elif split != "train":
-                path = {"val": h.val_file, "test": h.test_file}[split]
-                if path is None and split == "val" and stage == "fit":
-                    continue
-                if path is None:
-                    raise DataError(f"ner: data.{split}_file is required for this stage")
-                self.sentences[split] = self._read(path, self.labels)
+        split = {"fit": "val", "validate": "val", "test": "test"}[stage]
+        path = h.test_file if split == "test" else h.val_file
+        if path is not None:
+            self.sentences[split] = self._read(path, self.labels)
+        elif stage != "fit":                  # validation during training is optional
+            raise DataError(f"ner: data.{split}_file is required for this stage")
 
     def examples(self, split: str) -> tuple[list[Sentence], list[Window]]:
         """The sentences of a split and the windows cut from them (each window's `targets` says which words it
