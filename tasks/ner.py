@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from data.conll import CASING, IGNORE, entities, entities_json, words_to_tags
+from data.conll import CASING, IGNORE, CoNLLDataModule, entities, entities_json, words_to_tags
 from data.errors import ConfigError
 from modeling import BERT, combine_layers
 from modeling.bert import LAYER_COMBINATIONS, combined_width
@@ -97,9 +97,10 @@ class NERTask(Task):
     def build(self, bp: Blueprint, bert: BERT | None = None) -> None:
         s = self.settings = bp.settings
         self.bert = bert or BERT(bert_config(bp.model_config), pooler=False)
+        width = self.bert.config.hidden_size
         if s["mode"] == "features":
             self.bert.requires_grad_(False)
-        width = combined_width(self.bert.config, s["layers"]) if s["mode"] == "features" else self.bert.config.hidden_size
+            width = combined_width(self.bert.config, s["layers"])
         self.head = TaggerHead(width, len(bp.labels), s["tagger"], s["lstm_hidden"], s["dropout"])
         types = sorted({t[2:] for t in bp.labels if t != "O"})
         self.val_f1 = EntityF1(types, strict=self.hparams.strict_eval)
@@ -155,16 +156,14 @@ class NERTask(Task):
         # _open_from[w]: the first sentence that window w or a later one still predicts words of
         self._open_from = [len(sentences)] * (len(windows) + 1)
         for w in range(len(windows) - 1, -1, -1):
-            first = min((si for _, si, _ in windows[w].targets), default=self._open_from[w + 1])
-            self._open_from[w] = min(first, self._open_from[w + 1])
+            self._open_from[w] = min([self._open_from[w + 1]] + [si for _, si, _ in windows[w].targets])
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Entities of every input sentence whose words have all been predicted by now, as JSON-able dicts
         (run.py writes one line each). Windows come in file order, so sentences complete in order."""
         sentences, windows = self.trainer.datamodule.examples("predict")
         index, best = self._predict_batch(batch)
-        for i, row in zip(index.tolist(), best.tolist()):
-            self._pending[i] = row
+        self._pending.update(zip(index.tolist(), best.tolist()))
         done = self._open_from[max(index.tolist()) + 1]      # sentences before this one are complete
         if done <= self._emitted:
             return []
@@ -178,27 +177,19 @@ class NERTask(Task):
                 del self._pending[i]
         return out
 
-    def _word_tags(self, split: str) -> tuple[list[list[str]], list[int], int]:
-        """All processes' window predictions -> tags per word of the split; and the sentence indices this
-        process scores (every sentence is scored by exactly one process, so summed counts are exact); and the
-        number of words no window predicted (cut by max_length, tagged O)."""
-        sentences, windows = self.trainer.datamodule.examples(split)
+    def _score(self, split: str, metric: EntityF1, prefix: str) -> None:
+        """All processes' window predictions -> one tag per word of the split (words no window predicted, cut by
+        max_length, are tagged O and counted), scored on this process's share of the sentences."""
+        gold, windows = self.trainer.datamodule.examples(split)
         if self._outputs:
             index, preds = (torch.cat(parts) for parts in zip(*self._outputs))
         else:
             index = torch.zeros(0, dtype=torch.long, device=self.device)
             preds = torch.zeros(0, self.trainer.datamodule.max_length, dtype=torch.long, device=self.device)
-        index, preds = self.all_gather_uneven(index), self.all_gather_uneven(preds)
-        by_window = dict(zip(index.tolist(), preds.tolist()))
-        ordered = [by_window[i] for i in range(len(windows))]
-        tags, cut = words_to_tags(sentences, windows, ordered, self.labels)
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        mine = [i for i in range(len(sentences)) if i % world == rank]
-        return tags, mine, cut
-
-    def _score(self, split: str, metric: EntityF1, prefix: str) -> None:
-        tags, mine, cut = self._word_tags(split)
-        gold, _ = self.trainer.datamodule.examples(split)
+        by_window = dict(zip(self.all_gather_uneven(index).tolist(), self.all_gather_uneven(preds).tolist()))
+        tags, cut = words_to_tags(gold, windows, [by_window[i] for i in range(len(windows))], self.labels)
+        # every sentence is scored by exactly one process, so the summed counts are exact
+        mine = range(self.trainer.global_rank, len(gold), self.trainer.world_size)
         metric.update([tags[i] for i in mine], [gold[i].tags for i in mine])
         result = metric.compute()
         metric.reset()
@@ -234,20 +225,16 @@ def widen_segments(bert: BERT) -> None:
 def tag_conll_file(checkpoint: str | Path, path: str | Path) -> list[list[str]]:
     """One tag per word of every sentence of a CoNLL file, predicted by a ner checkpoint (with its own tokenizer,
     labels and windowing)."""
-    from data.conll import CoNLLDataModule
-    ckpt = read_checkpoint(checkpoint, task=NERTask.name)
+    data_hp = read_checkpoint(checkpoint, task=NERTask.name).get("datamodule_hyper_parameters", {})
     model = NERTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
-    data_hp = ckpt.get("datamodule_hyper_parameters", {})
-    dm = CoNLLDataModule(val_file=str(path), context=data_hp.get("context", "sentence"),
-                         max_length=data_hp.get("max_length", 128), eval_stride=data_hp.get("eval_stride"),
-                         stride=data_hp.get("stride"))
+    windowing = {k: v for k, v in data_hp.items() if k in ("context", "max_length", "stride", "eval_stride")}
+    dm = CoNLLDataModule(val_file=str(path), **windowing)        # the windows the model was evaluated on
     dm.adopt(model.blueprint)
     dm.setup("validate")
     sentences, windows = dm.examples("val")
     preds: dict[int, list[int]] = {}
     for batch in dm.val_dataloader():
         best = model(batch["input_ids"], batch["attention_mask"], batch["casing"]).argmax(-1)
-        for i, row in zip(batch["index"].tolist(), best.tolist()):
-            preds[i] = row
+        preds.update(zip(batch["index"].tolist(), best.tolist()))
     tags, _ = words_to_tags(sentences, windows, [preds[i] for i in range(len(windows))], model.labels)
     return tags
