@@ -21,10 +21,8 @@ class EntityF1(Metric):
         self.types = sorted(types)
         self.index = {t: i for i, t in enumerate(self.types)}
         self.strict = strict
-        n = len(self.types)
-        self.add_state("correct", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("predicted", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("gold", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+        for name in ("correct", "predicted", "gold"):       # entity counts per type
+            self.add_state(name, default=torch.zeros(len(self.types), dtype=torch.long), dist_reduce_fx="sum")
 
     def _count(self, spans: set[tuple[str, int, int]]) -> torch.Tensor:
         counts = torch.zeros(len(self.types), dtype=torch.long, device=self.correct.device)
@@ -54,9 +52,8 @@ class EntityF1(Metric):
         return p, r, f
 
     def compute(self) -> dict[str, float]:
-        c, p, g = (int(x) for x in (self.correct.sum(), self.predicted.sum(), self.gold.sum()))
-        precision, recall, f1 = self._prf(c, p, g)
-        out = {"precision": precision, "recall": recall, "f1": f1}
+        totals = (int(counts.sum()) for counts in (self.correct, self.predicted, self.gold))
+        out = dict(zip(("precision", "recall", "f1"), self._prf(*totals)))
         for i, t in enumerate(self.types):
             out[f"f1_{t}"] = self._prf(int(self.correct[i]), int(self.predicted[i]), int(self.gold[i]))[2]
         return out
