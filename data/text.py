@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -82,32 +83,9 @@ def cached_tokens(cache_dir: Path, key: str, build) -> dict[str, np.ndarray]:
         shapes = json.dumps({s: {"dtype": a.dtype.name, "length": int(a.size)} for s, a in arrays.items()})
         write_atomic(meta_path, lambda tmp: tmp.write_text(shapes))
     meta = json.loads(meta_path.read_text())
-    out = {}
-    for split, m in meta.items():
-        if m["length"] == 0:
-            out[split] = np.zeros(0, dtype=m["dtype"])
-        else:
-            out[split] = np.memmap(cache_dir / f"{key}.{split}.bin", dtype=m["dtype"], mode="r", shape=(m["length"],))
-    return out
-
-
-def build_tokenizer(kind: str, train_docs: Sequence[str], all_docs: Sequence[str], *, path: str | None,
-                    bpe_vocab_size: int, cache_dir: Path, corpus_key: str) -> TextTokenizer:
-    """`kind`: "char" (vocabulary of every file, as nanoGPT), "gpt2" (from `path`) or "bpe" (trained on the
-    training part only; cached under `cache_dir` so it is trained once)."""
-    if kind == "char":
-        return TextTokenizer.char_from_text(all_docs)
-    if kind == "gpt2":
-        if not path:
-            raise ConfigError("data.tokenizer_path: the GPT-2 tokenizer needs a directory with encoder.json + "
-                              "vocab.bpe (e.g. ../shared/data/tokenizers/gpt2)")
-        return TextTokenizer.gpt2(path)
-    if kind == "bpe":
-        saved = cache_dir / f"bpe-{content_key(CACHE_VERSION, corpus_key, str(bpe_vocab_size))}.json"
-        text = cached_text(saved, lambda: TextTokenizer.train_bpe(train_docs, bpe_vocab_size).to_str(),
-                           "byte-level BPE vocabulary")
-        return TextTokenizer.from_str(text)
-    raise ConfigError(f"data.tokenizer {kind!r}: unknown tokenizer, expected char, gpt2 or bpe")
+    return {split: np.memmap(cache_dir / f"{key}.{split}.bin", dtype=m["dtype"], mode="r", shape=(m["length"],))
+            if m["length"] else np.zeros(0, dtype=m["dtype"])                # numpy cannot map an empty file
+            for split, m in meta.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,18 +144,14 @@ class RandomBlocks(IterableDataset):
             self.passes += 1
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        starts_stream = self._random_starts(rng) if self.sampling == "random" else self._shuffled_starts(rng)
-        for _ in range(self.skip * self.num_replicas):
-            next(starts_stream)
+        stream = self._random_starts(rng) if self.sampling == "random" else self._shuffled_starts(rng)
+        stream = itertools.islice(stream, self.skip * self.num_replicas, None)
         self.skip = 0
-        g = 0                                              # batches of the shared stream drawn so far
-        while self.num_batches is None or g < self.num_batches:
-            starts = next(starts_stream)
-            mine = g % self.num_replicas == self.rank and (g // self.num_replicas) % workers == worker
-            if mine:
+        batches = itertools.count() if self.num_batches is None else range(self.num_batches)
+        for g, starts in zip(batches, stream):           # g: batches of the shared stream drawn so far
+            if g % self.num_replicas == self.rank and (g // self.num_replicas) % workers == worker:
                 chunk = _as_long(self.tokens[starts[:, None] + self._offsets])         # (B, T + 1)
                 yield {"input_ids": chunk[:, :-1], "targets": chunk[:, 1:], "index": _as_long(starts)}
-            g += 1
 
     def _random_starts(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
         high = len(self.tokens) - self.block_size  # starts 0 .. n - block_size - 1, as nanoGPT
@@ -292,8 +266,7 @@ class TextDataModule(TaskDataModule):
         if not self.train_files:
             raise DataError("data.train_files: no training text files given")
         self.train_files = [str(local_file(p, "text")) for p in self.train_files]      # a hub: split as a file
-        digests = [file_digest(p) for p in self.train_files]
-        corpus_key = content_key(*digests, str(self.val_fraction))
+        corpus_key = content_key(*[file_digest(p) for p in self.train_files], str(self.val_fraction))
 
         @functools.cache
         def documents():                    # read once, and only if the tokenizer or the token cache needs them
@@ -301,13 +274,7 @@ class TextDataModule(TaskDataModule):
             return (all_docs, *split_documents(all_docs, self.val_fraction))
 
         if self.tokenizer is None:
-            if self.tokenizer_kind in ("char", "bpe"):
-                all_docs, train_docs, _ = documents()
-            else:
-                all_docs = train_docs = []
-            self.tokenizer = build_tokenizer(self.tokenizer_kind, train_docs, all_docs, path=self.tokenizer_path,
-                                             bpe_vocab_size=self.bpe_vocab_size, cache_dir=self.cache_dir,
-                                             corpus_key=corpus_key)
+            self.tokenizer = self._new_tokenizer(documents, corpus_key)
         tok = self.tokenizer
         key = content_key(CACHE_VERSION, corpus_key, tok.to_str())
 
@@ -317,12 +284,29 @@ class TextDataModule(TaskDataModule):
                     "val": tok.encode_documents(val_docs, self.train_files[-len(val_docs):] if val_docs else None)}
 
         self.splits = cached_tokens(self.cache_dir, key, build)
-        need = self.block_size + 1
         for split, tokens in self.splits.items():
-            if len(tokens) < need and (split == "train" or self.val_batches):
+            if len(tokens) < self.block_size + 1 and (split == "train" or self.val_batches):
                 raise DataError(f"{', '.join(self.train_files)}: the {split} part has {len(tokens)} tokens, fewer than "
                                 f"one block of data.block_size {self.block_size} + 1 (a longer text, a smaller "
                                 f"block_size, or another val_fraction)")
+
+    def _new_tokenizer(self, documents: Callable[[], tuple[list[str], ...]], corpus_key: str) -> TextTokenizer:
+        """data.tokenizer "char" (vocabulary of every file, as nanoGPT), "gpt2" (from data.tokenizer_path) or "bpe"
+        (trained on the training part only; cached so it is trained once). `documents()`: (all, train, val)."""
+        kind = self.tokenizer_kind
+        if kind == "char":
+            return TextTokenizer.char_from_text(documents()[0])
+        if kind == "gpt2":
+            if not self.tokenizer_path:
+                raise ConfigError("data.tokenizer_path: the GPT-2 tokenizer needs a directory with encoder.json + "
+                                  "vocab.bpe (e.g. ../shared/data/tokenizers/gpt2)")
+            return TextTokenizer.gpt2(self.tokenizer_path)
+        if kind == "bpe":
+            saved = self.cache_dir / f"bpe-{content_key(CACHE_VERSION, corpus_key, str(self.bpe_vocab_size))}.json"
+            text = cached_text(saved, lambda: TextTokenizer.train_bpe(documents()[1], self.bpe_vocab_size).to_str(),
+                               "byte-level BPE vocabulary")
+            return TextTokenizer.from_str(text)
+        raise ConfigError(f"data.tokenizer {kind!r}: unknown tokenizer, expected char, gpt2 or bpe")
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", "validate", None):
@@ -351,8 +335,7 @@ class TextDataModule(TaskDataModule):
             # gives each worker its own share of the stream
             warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
             return DataLoader(self._val_stream, batch_size=None, generator=self.loader_generator())
-        blocks = SlidingWindows(val, self.block_size, stride=self.block_size, pad_id=self.tokenizer.eot_id)
-        return self._evaluation_loader(blocks)
+        return self._windows_loader(val, stride=self.block_size)
 
     def test_dataloader(self) -> DataLoader:
         if not self.test_file:
@@ -361,12 +344,12 @@ class TextDataModule(TaskDataModule):
             raise DataError("lm test: no tokenizer; pass --ckpt_path of a trained model (its tokenizer is used)")
         path = str(local_file(self.test_file, "text"))
         tokens = self.tokenizer.encode_documents(read_documents([path]), [path])
-        stride = self.test_stride or max(1, self.block_size // 2)
-        return self._evaluation_loader(SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id))
+        return self._windows_loader(tokens, stride=self.test_stride or max(1, self.block_size // 2))
 
-    def _evaluation_loader(self, blocks: Dataset) -> DataLoader:
-        """Consecutive batches of fixed-size blocks, each on exactly one process (the base's sampler)."""
-        return self.loader(blocks, [self.block_size] * len(blocks), default_collate, train=False,
+    def _windows_loader(self, tokens: np.ndarray, stride: int) -> DataLoader:
+        """`SlidingWindows` over `tokens` in consecutive batches, each on exactly one process (the base's sampler)."""
+        windows = SlidingWindows(tokens, self.block_size, stride, pad_id=self.tokenizer.eot_id)
+        return self.loader(windows, [self.block_size] * len(windows), default_collate, train=False,
                            group_by_length=False)
 
     def predict_dataloader(self) -> DataLoader:
