@@ -110,10 +110,7 @@ class TextTokenizer:
         pieces = _LINE_END.split(text)
         if len(pieces) == 1:
             return self.tokenizer.encode(text, add_special_tokens=False).ids
-        ids: list[int] = []
-        for enc in self.tokenizer.encode_batch(pieces, add_special_tokens=False):
-            ids.extend(enc.ids)
-        return ids
+        return [i for enc in self.tokenizer.encode_batch(pieces, add_special_tokens=False) for i in enc.ids]
 
     def encode_documents(self, docs: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
         """Documents concatenated, with the end-of-text id between consecutive ones."""

@@ -29,6 +29,7 @@ from modeling import GPT, GPTConfig
 from modeling.generation import generate
 from tasks.base import Task
 from tasks.checkpoint import Blueprint, blueprint, read_checkpoint
+from tasks.export import network
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,8 +240,7 @@ class LMTask(Task):
         path = Path(self.trainer.default_root_dir) / "samples.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
-            for i, text in enumerate(texts):
-                f.write(f"===== step {step} sample {i} =====\n{text}\n")
+            f.writelines(f"===== step {step} sample {i} =====\n{text}\n" for i, text in enumerate(texts))
         self.log_table("samples", ["step", "sample"], [[step, t] for t in texts])
 
 
@@ -248,12 +248,10 @@ class LMTask(Task):
 # `run.py lm generate`
 # ---------------------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> tuple[GPT, TextTokenizer]:
-    """GPT and tokenizer from a `lm fit` checkpoint (read safely, tasks/checkpoint.py)."""
+    """GPT (in eval mode) and tokenizer from a `lm fit` checkpoint (read safely, tasks/checkpoint.py)."""
     ckpt = read_checkpoint(path, task=LMTask.name)
     bp = blueprint(ckpt, path)
-    model = GPT(GPTConfig(**bp.model_config))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    return model.eval(), TextTokenizer.from_str(bp.tokenizer)
+    return network(bp, ckpt["state_dict"]), TextTokenizer.from_str(bp.tokenizer)
 
 
 def main_generate(argv: list[str]) -> int:
