@@ -29,7 +29,6 @@ from modeling import GPT, GPTConfig
 from modeling.generation import generate
 from tasks.base import Task
 from tasks.checkpoint import Blueprint, blueprint, read_checkpoint
-from tasks.export import network
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,6 +248,7 @@ class LMTask(Task):
 # ---------------------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> tuple[GPT, TextTokenizer]:
     """GPT (in eval mode) and tokenizer from a `lm fit` checkpoint (read safely, tasks/checkpoint.py)."""
+    from tasks.export import network           # the export machinery (safetensors, HF layouts) only for this verb
     ckpt = read_checkpoint(path, task=LMTask.name)
     bp = blueprint(ckpt, path)
     return network(bp, ckpt["state_dict"]), TextTokenizer.from_str(bp.tokenizer)
