@@ -382,11 +382,12 @@ class Seq2SeqDataModule(TaskDataModule):
         settings = {"source_column": hp.source_column}
         if split != "predict":
             settings["target_column"] = hp.target_column
-        first = next(read_json_lines(path), None)        # an empty split: the reader names the problem
+        with open(path, encoding="utf-8") as f:          # the first row only: we wrote the copy, one object a line
+            line = f.readline()
+        row = json.loads(line) if line.strip() else {}    # an empty split: the reader names the problem
         for key, column in settings.items():
-            if first is not None and column not in first[1]:
-                raise ConfigError(f"data.{key} {column!r}: {spec} has no such column "
-                                  f"(columns: {', '.join(first[1])})")
+            if row and column not in row:
+                raise ConfigError(f"data.{key} {column!r}: {spec} has no such column (columns: {', '.join(row)})")
         return path
 
     def _read_sources(self, path: str) -> Pairs:
