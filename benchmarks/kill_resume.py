@@ -115,7 +115,8 @@ class Child:
     @classmethod
     def call(cls, function, env: Optional[dict[str, str]] = None, slow_writes: bool = False) -> "Child":
         """`function()` in a fork of this process; its exit code is what the function returns (None: 0), or 1 when
-        it raises (the traceback goes to stderr)."""
+        it raises (the traceback goes to stderr). Only from a process that has run torch on one thread: a fork of
+        one whose OpenMP pool has started hangs (tests/conftest.py)."""
         pid = os.fork()
         if pid:
             return cls(pid)

@@ -21,7 +21,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# This process stays on one thread whatever OMP_NUM_THREADS says: tests fork it (benchmarks/kill_resume.Child.call,
+# to skip start-up time), and a fork of a process that has run a GNU OpenMP region on more than one thread hangs at
+# its own first parallel region (torch's CPU wheel uses libgomp).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -28,14 +28,6 @@ def tiny_args(run_dir, *extra, train=FIXTURES / "sst2_train.tsv", val=FIXTURES /
             "--wandb", "false", "--run_dir", str(run_dir), *extra]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def summary(run_dir, sub="fit"):
     return json.loads((run_dir / f"{sub}_metrics.json").read_text())
 
